@@ -1,0 +1,514 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Status is a change in a connection's state, reported to watchers.
+type Status int
+
+const (
+	// Disconnected: NATS went away; the connection is reconnecting.
+	Disconnected Status = iota + 1
+	// Reconnected: NATS is back and every subscription is live again.
+	Reconnected
+	// Closed: the connection is gone for good (token revoked, idle,
+	// shutdown); users must acquire a new one.
+	Closed
+)
+
+func (s Status) String() string {
+	switch s {
+	case Disconnected:
+		return "disconnected"
+	case Reconnected:
+		return "reconnected"
+	case Closed:
+		return "closed"
+	}
+	return "status(" + strconv.Itoa(int(s)) + ")"
+}
+
+// Conn is one token's NATS connection, shared by everyone presenting that
+// token. Get one with Pool.Acquire and give it back with Release.
+type Conn struct {
+	pool *Pool
+	key  TokenKey
+	name string
+	nc   *nats.Conn
+
+	dialed  chan struct{} // closed once the first connect attempt ended
+	dialErr error
+	done    chan struct{} // closed when the connection closed for good
+
+	// Guarded by pool.mu.
+	refs      int
+	idleSince time.Time
+	removed   bool
+
+	// Publishes and subscriptions awaiting confirmation join the next
+	// flush round trip; one goroutine runs round trips while any wait.
+	cmu      sync.Mutex
+	next     *round
+	flushing bool
+
+	perms permissionLog
+
+	smu  sync.Mutex
+	subs map[string]*sharedSub // plain (no queue) subscriptions by subject
+
+	lmu       sync.Mutex
+	listeners map[*func(Status)]struct{}
+	closed    bool
+}
+
+func newConn(p *Pool, key TokenKey) *Conn {
+	c := &Conn{
+		pool:      p,
+		key:       key,
+		name:      p.tokenName(key),
+		dialed:    make(chan struct{}),
+		done:      make(chan struct{}),
+		subs:      make(map[string]*sharedSub),
+		listeners: make(map[*func(Status)]struct{}),
+	}
+	c.perms.init()
+	return c
+}
+
+// Release gives back a reference taken by Acquire.
+func (c *Conn) Release() { c.pool.release(c) }
+
+// Name is the token's name in the tokens file, or a short fingerprint of
+// its hash: what logs and metrics may show.
+func (c *Conn) Name() string { return c.name }
+
+// MaxPayload is the server's max_payload for this connection.
+func (c *Conn) MaxPayload() int64 { return c.nc.MaxPayload() }
+
+// Connected reports whether the connection is up right now.
+func (c *Conn) Connected() bool { return c.nc.IsConnected() }
+
+// Done is closed when the connection is closed for good.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Watch calls fn, on a NATS callback goroutine, for every status change
+// until stop is called. fn must not block.
+func (c *Conn) Watch(fn func(Status)) (stop func()) {
+	c.lmu.Lock()
+	defer c.lmu.Unlock()
+	if c.closed {
+		go fn(Closed)
+		return func() {}
+	}
+	c.listeners[&fn] = struct{}{}
+	return func() {
+		c.lmu.Lock()
+		delete(c.listeners, &fn)
+		c.lmu.Unlock()
+	}
+}
+
+func (c *Conn) notify(s Status) {
+	c.lmu.Lock()
+	defer c.lmu.Unlock()
+	if c.closed {
+		return
+	}
+	if s == Closed {
+		c.closed = true
+		close(c.done)
+	}
+	for fn := range c.listeners {
+		(*fn)(s)
+	}
+}
+
+// ClosedByAuth reports whether the server closed the connection because
+// it no longer accepts the token.
+func (c *Conn) ClosedByAuth() bool {
+	err := c.nc.LastError()
+	return err != nil && (errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAuthExpired))
+}
+
+// check validates a message for publishing on this connection.
+func (c *Conn) check(m *Msg, maxSubject int) error {
+	if err := ValidatePublishSubject(m.Subject, maxSubject); err != nil {
+		return err
+	}
+	if m.Reply != "" {
+		if err := ValidatePublishSubject(m.Reply, maxSubject); err != nil {
+			return fmt.Errorf("reply: %w", err)
+		}
+	}
+	if err := ValidateHeaders(m.Header); err != nil {
+		return err
+	}
+	if max := c.nc.MaxPayload(); int64(m.size()) > max {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, m.size(), max)
+	}
+	if !c.nc.IsConnected() {
+		return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+	}
+	return nil
+}
+
+func mapPublishError(err error) error {
+	switch {
+	case errors.Is(err, nats.ErrMaxPayload):
+		return fmt.Errorf("%w: %v", ErrPayloadTooLarge, err)
+	case errors.Is(err, nats.ErrBadSubject):
+		return fmt.Errorf("%w: %v", ErrBadSubject, err)
+	default:
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+}
+
+// Publish sends a message and returns once the NATS server has it: after
+// a flush round trip shared with every other confirmation waiting on this
+// connection. A permission violation the server reports within that round
+// trip is ErrForbidden. maxSubject bounds subject length (0: default).
+func (c *Conn) Publish(ctx context.Context, m *Msg, maxSubject int) error {
+	confirm, err := c.PublishStart(m, maxSubject)
+	if err != nil {
+		return err
+	}
+	return confirm(ctx)
+}
+
+// PublishBatch publishes every valid message and confirms them all with
+// one round trip. errs[i] is nil when msgs[i] reached the server.
+func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (errs []error) {
+	errs = make([]error, len(msgs))
+	seq := c.perms.seq()
+	sent := false
+	for i, m := range msgs {
+		if errs[i] = c.check(m, maxSubject); errs[i] != nil {
+			continue
+		}
+		if err := c.nc.PublishMsg(m.toNATS()); err != nil {
+			errs[i] = mapPublishError(err)
+			continue
+		}
+		sent = true
+	}
+	if !sent {
+		return errs
+	}
+	cerr := c.confirm(ctx)
+	for i, m := range msgs {
+		if errs[i] == nil {
+			if cerr != nil {
+				errs[i] = cerr
+			} else {
+				errs[i] = c.perms.publishDenied(seq, m.Subject, m.Reply)
+			}
+		}
+	}
+	return errs
+}
+
+// PublishAsync sends a message without waiting for the server; a
+// permission violation is not reported to the caller.
+func (c *Conn) PublishAsync(m *Msg, maxSubject int) error {
+	if err := c.check(m, maxSubject); err != nil {
+		return err
+	}
+	if err := c.nc.PublishMsg(m.toNATS()); err != nil {
+		return mapPublishError(err)
+	}
+	return nil
+}
+
+// Request sends a request and waits up to timeout for the reply. A
+// publish the server forbids is ErrForbidden as soon as the server says
+// so, rather than a timeout.
+func (c *Conn) Request(ctx context.Context, m *Msg, timeout time.Duration, maxSubject int) (*Msg, error) {
+	m.Reply = ""
+	if err := c.check(m, maxSubject); err != nil {
+		return nil, err
+	}
+	if err := c.perms.inboxError(); err != nil {
+		return nil, err
+	}
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rctx, cancelCause := context.WithCancelCause(rctx)
+	defer cancelCause(nil)
+	stop := c.perms.watch(m.Subject, cancelCause)
+	defer stop()
+	reply, err := c.nc.RequestMsgWithContext(rctx, m.toNATS())
+	if err == nil {
+		return fromNATS(reply), nil
+	}
+	if cause := context.Cause(rctx); errors.Is(cause, ErrForbidden) {
+		return nil, cause
+	}
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		return nil, fmt.Errorf("%w: %q", ErrNoResponders, m.Subject)
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, nats.ErrTimeout):
+		return nil, fmt.Errorf("%w after %s", ErrTimeout, timeout)
+	case errors.Is(err, nats.ErrMaxPayload), errors.Is(err, nats.ErrBadSubject):
+		return nil, mapPublishError(err)
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+// round is one flush round trip; err is set before done is closed.
+type round struct {
+	done chan struct{}
+	err  error
+}
+
+// confirm waits until the server has processed everything this
+// connection sent before the call: one PING/PONG, shared by all callers
+// that arrive while the previous round trip is under way.
+func (c *Conn) confirm(ctx context.Context) error {
+	c.cmu.Lock()
+	if c.next == nil {
+		c.next = &round{done: make(chan struct{})}
+	}
+	r := c.next
+	if !c.flushing {
+		c.flushing = true
+		go c.flushLoop()
+	}
+	c.cmu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: gave up waiting for NATS to confirm: %v", ErrUnavailable, ctx.Err())
+	}
+}
+
+func (c *Conn) flushLoop() {
+	for {
+		c.cmu.Lock()
+		r := c.next
+		c.next = nil
+		if r == nil {
+			c.flushing = false
+			c.cmu.Unlock()
+			return
+		}
+		c.cmu.Unlock()
+		r.err = c.flush()
+		close(r.done)
+	}
+}
+
+func (c *Conn) flush() error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
+	defer cancel()
+	if err := c.nc.FlushWithContext(ctx); err != nil {
+		return fmt.Errorf("%w: NATS did not confirm: %v", ErrUnavailable, err)
+	}
+	// -ERR lines the server sent before its PONG were parsed before the
+	// flush returned, but reach our error handler on nats.go's callback
+	// goroutine; wait until it has seen the last one.
+	if last := c.nc.LastError(); last != nil && errors.Is(last, nats.ErrPermissionViolation) {
+		if !c.perms.waitSeen(ctx, last) {
+			return fmt.Errorf("%w: NATS permission errors were not processed in time", ErrUnavailable)
+		}
+	}
+	return nil
+}
+
+// onAsyncError is the connection's nats.ErrorHandler.
+func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	switch {
+	case errors.Is(err, nats.ErrPermissionViolation):
+		c.perms.record(err, c.muxSubject())
+	case errors.Is(err, nats.ErrSlowConsumer):
+		subject := ""
+		if sub != nil {
+			subject = sub.Subject
+		}
+		c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription", "token", c.name, "subject", subject)
+	default:
+		c.pool.cfg.Logger.Info("nats async error", "token", c.name, "err", err)
+	}
+}
+
+// muxSubject is the wildcard subject nats.go subscribes to for replies.
+func (c *Conn) muxSubject() string {
+	inbox := c.nc.NewRespInbox()
+	return inbox[:strings.LastIndexByte(inbox, '.')] + ".*"
+}
+
+// Sink receives the messages of a subscription. Deliver is called on the
+// subscription's NATS goroutine and must not block.
+type Sink interface {
+	Deliver(*Msg)
+}
+
+// Subscription is one sink's interest in a subject.
+type Subscription struct {
+	ss   *sharedSub
+	sink Sink
+	once sync.Once
+}
+
+// Close ends the subscription; the NATS subscription goes when its last
+// sink does. Close is idempotent.
+func (s *Subscription) Close() { s.once.Do(func() { s.ss.remove(s.sink) }) }
+
+// sharedSub is one NATS subscription feeding one or more sinks. Sinks
+// subscribing to the same subject without a queue group share it, so each
+// message is converted and encoded once however many sessions get it;
+// same token means same permissions, so sharing never widens access.
+// Queue-group subscriptions are never shared.
+type sharedSub struct {
+	c              *Conn
+	subject, queue string
+	sinks          atomic.Pointer[[]Sink] // copy-on-write under c.smu
+	sub            *nats.Subscription
+	ready          chan struct{}
+	err            error
+}
+
+// Subscribe delivers messages on subject (wildcards allowed) to sink, in
+// queue group queue if not empty, once the server has accepted the
+// subscription; a subscription the server forbids is ErrForbidden.
+func (c *Conn) Subscribe(ctx context.Context, subject, queue string, sink Sink, maxSubject int) (*Subscription, error) {
+	if err := ValidateSubscribeSubject(subject, maxSubject); err != nil {
+		return nil, err
+	}
+	if queue != "" {
+		if err := ValidateQueue(queue, maxSubject); err != nil {
+			return nil, err
+		}
+	}
+	if !c.nc.IsConnected() {
+		return nil, fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+	}
+	c.smu.Lock()
+	ss := c.subs[subject]
+	create := queue != "" || ss == nil
+	if create {
+		ss = &sharedSub{c: c, subject: subject, queue: queue, ready: make(chan struct{})}
+		ss.sinks.Store(&[]Sink{})
+		if queue == "" {
+			c.subs[subject] = ss
+		}
+	}
+	ss.addLocked(sink)
+	c.smu.Unlock()
+
+	if create {
+		ss.start()
+	}
+	select {
+	case <-ss.ready:
+	case <-ctx.Done():
+		ss.remove(sink)
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+	if ss.err != nil {
+		ss.remove(sink)
+		return nil, ss.err
+	}
+	return &Subscription{ss: ss, sink: sink}, nil
+}
+
+// start subscribes and confirms; joiners wait on ready.
+func (ss *sharedSub) start() {
+	c := ss.c
+	seq := c.perms.seq()
+	sub, err := c.nc.QueueSubscribe(ss.subject, ss.queue, ss.onMsg)
+	if err != nil {
+		err = mapPublishError(err)
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
+		err = c.confirm(ctx)
+		cancel()
+		if err == nil {
+			err = c.perms.subscribeDenied(seq, ss.subject, ss.queue)
+		}
+	}
+	c.smu.Lock()
+	ss.sub, ss.err = sub, err
+	// Every sink may have left while we waited; then nobody else will
+	// unsubscribe.
+	drop := err != nil || len(*ss.sinks.Load()) == 0
+	if drop && c.subs[ss.subject] == ss {
+		delete(c.subs, ss.subject)
+	}
+	c.smu.Unlock()
+	if drop && sub != nil {
+		_ = sub.Unsubscribe()
+	}
+	close(ss.ready)
+}
+
+func (ss *sharedSub) onMsg(nm *nats.Msg) {
+	m := fromNATS(nm)
+	for _, s := range *ss.sinks.Load() {
+		s.Deliver(m)
+	}
+}
+
+func (ss *sharedSub) addLocked(s Sink) {
+	old := *ss.sinks.Load()
+	n := make([]Sink, len(old), len(old)+1)
+	copy(n, old)
+	n = append(n, s)
+	ss.sinks.Store(&n)
+}
+
+func (ss *sharedSub) remove(s Sink) {
+	c := ss.c
+	c.smu.Lock()
+	old := *ss.sinks.Load()
+	n := make([]Sink, 0, len(old))
+	for _, o := range old {
+		if o != s {
+			n = append(n, o)
+		}
+	}
+	ss.sinks.Store(&n)
+	last := len(n) == 0
+	if last && c.subs[ss.subject] == ss {
+		delete(c.subs, ss.subject)
+	}
+	sub := ss.sub
+	c.smu.Unlock()
+	if last && sub != nil {
+		_ = sub.Unsubscribe()
+	}
+}
+
+// Key is the token's key (its SHA-256), for per-token bookkeeping.
+func (c *Conn) Key() TokenKey { return c.key }
+
+// PublishStart sends a message now, keeping its place in the connection's
+// order, and returns the wait for the server's confirmation (as Publish
+// gives it).
+func (c *Conn) PublishStart(m *Msg, maxSubject int) (confirm func(context.Context) error, err error) {
+	if err := c.check(m, maxSubject); err != nil {
+		return nil, err
+	}
+	seq := c.perms.seq()
+	if err := c.nc.PublishMsg(m.toNATS()); err != nil {
+		return nil, mapPublishError(err)
+	}
+	return func(ctx context.Context) error {
+		if err := c.confirm(ctx); err != nil {
+			return err
+		}
+		return c.perms.publishDenied(seq, m.Subject, m.Reply)
+	}, nil
+}

@@ -1,0 +1,188 @@
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// EmbeddedConfig configures the embedded nats-server.
+type EmbeddedConfig struct {
+	// Listen is the host:port native NATS clients connect to. Empty keeps
+	// the configuration file's listen address, or 127.0.0.1:4222 without
+	// one. Use DontListen to have no listener at all.
+	Listen string
+	// DontListen disables the client listener: only the gateway, in-process,
+	// reaches the server.
+	DontListen bool
+	// ConfigFile is a standard nats-server configuration file (routes,
+	// TLS, limits, JetStream …). Empty means defaults.
+	ConfigFile string
+	// Tokens are the accepted tokens and their permissions. When set they
+	// replace any authorization in ConfigFile; when nil the configuration
+	// file's own authorization applies.
+	Tokens []Token
+	// ReadyTimeout bounds the wait for the server to accept connections.
+	// Zero means 10 s.
+	ReadyTimeout time.Duration
+	// Logger receives the server's log lines. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Embedded is a nats-server running inside the gateway process.
+type Embedded struct {
+	s    *server.Server
+	auth *tokenAuth
+}
+
+// LoadServerConfig reads a nats-server configuration file the way
+// nats-server itself does.
+func LoadServerConfig(path string) (*server.Options, error) {
+	return server.ProcessConfigFile(path)
+}
+
+// ConfigHasAuth reports whether a nats-server configuration file sets up
+// client authorization of its own.
+func ConfigHasAuth(path string) (bool, error) {
+	o, err := LoadServerConfig(path)
+	if err != nil {
+		return false, err
+	}
+	return o.Authorization != "" || o.Username != "" || len(o.Users) > 0 || len(o.Nkeys) > 0 ||
+		len(o.TrustedOperators) > 0 || len(o.TrustedKeys) > 0 || o.AuthCallout != nil, nil
+}
+
+// StartEmbedded starts a nats-server as its own tests do: NoSigs, so the
+// gateway owns signals, Start in a goroutine, and failure unless it is
+// ready for connections within cfg.ReadyTimeout.
+func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
+	opts := &server.Options{}
+	if cfg.ConfigFile != "" {
+		var err error
+		if opts, err = LoadServerConfig(cfg.ConfigFile); err != nil {
+			return nil, fmt.Errorf("nats config: %w", err)
+		}
+	} else {
+		opts.Host, opts.Port = "127.0.0.1", 4222
+	}
+	if cfg.Listen != "" {
+		host, port, err := net.SplitHostPort(cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen address %q: %w", cfg.Listen, err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("nats listen port %q: %w", port, err)
+		}
+		if p == 0 {
+			p = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, p
+	}
+	opts.DontListen = cfg.DontListen
+	opts.NoSigs = true
+	var e Embedded
+	if cfg.Tokens != nil {
+		e.auth = newTokenAuth(cfg.Tokens)
+		opts.CustomClientAuthentication = e.auth
+		opts.Authorization, opts.Username, opts.Password, opts.Users, opts.Nkeys = "", "", "", nil, nil
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("nats server: %w", err)
+	}
+	if cfg.Logger != nil {
+		s.SetLoggerV2(slogAdapter{cfg.Logger}, opts.Debug, false, false)
+	}
+	go s.Start()
+	wait := cfg.ReadyTimeout
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	if !s.ReadyForConnections(wait) {
+		s.Shutdown()
+		return nil, errors.New("embedded nats-server did not become ready (is the NATS port in use?)")
+	}
+	e.s = s
+	return &e, nil
+}
+
+// ClientURL returns the URL native clients use, or "" without a listener.
+func (e *Embedded) ClientURL() string {
+	if e.s.Addr() == nil {
+		return ""
+	}
+	return e.s.ClientURL()
+}
+
+// Ready reports whether the server is running and accepting clients.
+func (e *Embedded) Ready() bool { return e.s.Running() && e.s.ReadyForConnections(0) }
+
+// TokenName returns the tokens-file name of the token with this key, when
+// the server knows it.
+func (e *Embedded) TokenName(key TokenKey) (string, bool) {
+	if e.auth == nil {
+		return "", false
+	}
+	return e.auth.name(key)
+}
+
+// SetTokens replaces the accepted tokens (a tokens-file reload) and
+// disconnects every client, native or the gateway's own, whose token was
+// removed or had its entry changed: they reconnect under the new rules or
+// are refused. It returns the names affected and the keys of their tokens
+// seen so far, for Pool.Forget.
+func (e *Embedded) SetTokens(tokens []Token) ([]string, []TokenKey, error) {
+	if e.auth == nil {
+		return nil, nil, errors.New("the embedded server does not use gateway tokens")
+	}
+	changed, keys := e.auth.set(tokens)
+	for _, name := range changed {
+		cz, err := e.s.Connz(&server.ConnzOptions{User: name, Limit: 1 << 20})
+		if err != nil {
+			return changed, keys, err
+		}
+		for _, c := range cz.Conns {
+			_ = e.s.DisconnectClientByID(c.Cid)
+		}
+	}
+	return changed, keys, nil
+}
+
+// Shutdown stops the server, waiting at most until ctx ends.
+func (e *Embedded) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		e.s.Shutdown()
+		e.s.WaitForShutdown()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("embedded nats-server shutdown: %w", ctx.Err())
+	}
+}
+
+// slogAdapter routes nats-server's log lines to slog.
+type slogAdapter struct{ l *slog.Logger }
+
+func (a slogAdapter) Noticef(format string, v ...any) { a.log(slog.LevelInfo, format, v) }
+func (a slogAdapter) Warnf(format string, v ...any)   { a.log(slog.LevelWarn, format, v) }
+func (a slogAdapter) Fatalf(format string, v ...any)  { a.log(slog.LevelError, format, v) }
+func (a slogAdapter) Errorf(format string, v ...any)  { a.log(slog.LevelError, format, v) }
+func (a slogAdapter) Debugf(format string, v ...any)  { a.log(slog.LevelDebug, format, v) }
+func (a slogAdapter) Tracef(format string, v ...any)  { a.log(slog.LevelDebug-4, format, v) }
+
+func (a slogAdapter) log(level slog.Level, format string, v []any) {
+	if a.l.Enabled(context.Background(), level) {
+		a.l.Log(context.Background(), level, fmt.Sprintf(format, v...))
+	}
+}

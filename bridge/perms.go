@@ -1,0 +1,220 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+type violationKind uint8
+
+const (
+	denyPublish violationKind = iota + 1
+	denyReply
+	denySubscribe
+)
+
+type violation struct {
+	kind           violationKind
+	subject, queue string
+}
+
+// Sizes of the permission log's rings. A caller that would need a
+// violation older than the ring holds is told ErrForbidden rather than
+// risk a success for a message the server refused.
+const (
+	violationRing = 1024
+	seenRing      = 64
+)
+
+// permissionLog records the permission violations a connection's server
+// reported, numbered in arrival order, so a publish or subscription can
+// ask "was I refused after I was sent?" once its round trip is confirmed.
+// Same token, same permissions: a violation for a subject applies to every
+// use of that subject on the connection.
+type permissionLog struct {
+	mu       sync.Mutex
+	n        uint64 // number of the newest recorded violation
+	ring     [violationRing]violation
+	seen     [seenRing]error // the last errors handled, to tell a waiter we caught up
+	seenN    int
+	changed  chan struct{} // closed and replaced at every record
+	watchers map[*watcher]struct{}
+	inbox    string // reply subject the server refused, if it did
+}
+
+type watcher struct {
+	subject string
+	cancel  context.CancelCauseFunc
+}
+
+func (l *permissionLog) init() {
+	l.changed = make(chan struct{})
+	l.watchers = make(map[*watcher]struct{})
+}
+
+func (l *permissionLog) seq() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.n
+}
+
+// record notes a permission violation the server reported. mux is the
+// wildcard subject nats.go receives replies on: when that subscription is
+// refused no request on this connection can get a reply.
+func (l *permissionLog) record(err error, mux string) {
+	v, ok := parseViolation(err.Error())
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.seen[l.seenN%seenRing] = err
+	l.seenN++
+	close(l.changed)
+	l.changed = make(chan struct{})
+	if !ok {
+		return
+	}
+	l.n++
+	l.ring[l.n%violationRing] = v
+	switch {
+	case v.kind == denySubscribe && v.subject == mux:
+		l.inbox = mux
+		for w := range l.watchers {
+			w.cancel(l.inboxErrorLocked())
+		}
+	case v.kind == denyPublish:
+		for w := range l.watchers {
+			if w.subject == v.subject {
+				w.cancel(fmt.Errorf("%w: publish to %q", ErrForbidden, v.subject))
+			}
+		}
+	}
+}
+
+// waitSeen waits until record has handled err.
+func (l *permissionLog) waitSeen(ctx context.Context, err error) bool {
+	for {
+		l.mu.Lock()
+		for _, e := range l.seen {
+			if e == err {
+				l.mu.Unlock()
+				return true
+			}
+		}
+		ch := l.changed
+		l.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// find returns the first violation after seq that match accepts.
+func (l *permissionLog) find(seq uint64, match func(violation) error) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n-seq > violationRing {
+		return fmt.Errorf("%w: too many permission violations on this token to tell which", ErrForbidden)
+	}
+	for s := seq + 1; s <= l.n; s++ {
+		if err := match(l.ring[s%violationRing]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *permissionLog) publishDenied(seq uint64, subject, reply string) error {
+	return l.find(seq, func(v violation) error {
+		switch {
+		case v.kind == denyPublish && v.subject == subject:
+			return fmt.Errorf("%w: publish to %q", ErrForbidden, subject)
+		case v.kind == denyReply && reply != "" && v.subject == reply:
+			return fmt.Errorf("%w: publish with reply subject %q", ErrForbidden, reply)
+		}
+		return nil
+	})
+}
+
+func (l *permissionLog) subscribeDenied(seq uint64, subject, queue string) error {
+	return l.find(seq, func(v violation) error {
+		if v.kind == denySubscribe && v.subject == subject && v.queue == queue {
+			return fmt.Errorf("%w: subscribe to %q", ErrForbidden, subject)
+		}
+		return nil
+	})
+}
+
+// watch cancels a request in flight when a publish to subject is refused.
+func (l *permissionLog) watch(subject string, cancel context.CancelCauseFunc) (stop func()) {
+	w := &watcher{subject: subject, cancel: cancel}
+	l.mu.Lock()
+	l.watchers[w] = struct{}{}
+	l.mu.Unlock()
+	return func() {
+		l.mu.Lock()
+		delete(l.watchers, w)
+		l.mu.Unlock()
+	}
+}
+
+func (l *permissionLog) inboxError() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.inboxErrorLocked()
+}
+
+func (l *permissionLog) inboxErrorLocked() error {
+	if l.inbox == "" {
+		return nil
+	}
+	return fmt.Errorf("%w: this token may not subscribe to %q, which replies arrive on (allow \"_INBOX.>\")", ErrForbidden, l.inbox)
+}
+
+// parseViolation reads nats-server's -ERR texts (server/client.go):
+//
+//	Permissions Violation for Publish to "x"
+//	Permissions Violation for Publish with Reply of "x"
+//	Permissions Violation for Subscription to "x"
+//	Permissions Violation for Subscription to "x" using queue "q"
+func parseViolation(s string) (violation, bool) {
+	const marker = "Permissions Violation for "
+	i := strings.Index(s, marker)
+	if i < 0 {
+		return violation{}, false
+	}
+	s = s[i+len(marker):]
+	var v violation
+	switch {
+	case strings.HasPrefix(s, "Publish to "):
+		v.kind, s = denyPublish, s[len("Publish to "):]
+	case strings.HasPrefix(s, "Publish with Reply of "):
+		v.kind, s = denyReply, s[len("Publish with Reply of "):]
+	case strings.HasPrefix(s, "Subscription to "):
+		v.kind, s = denySubscribe, s[len("Subscription to "):]
+	default:
+		return violation{}, false
+	}
+	var ok bool
+	if v.subject, s, ok = unquotePrefix(s); !ok {
+		return violation{}, false
+	}
+	if v.kind == denySubscribe && strings.HasPrefix(s, " using queue ") {
+		if v.queue, _, ok = unquotePrefix(s[len(" using queue "):]); !ok {
+			return violation{}, false
+		}
+	}
+	return v, true
+}
+
+func unquotePrefix(s string) (value, rest string, ok bool) {
+	q, err := strconv.QuotedPrefix(s)
+	if err != nil {
+		return "", s, false
+	}
+	value, err = strconv.Unquote(q)
+	return value, s[len(q):], err == nil
+}

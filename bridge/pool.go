@@ -1,0 +1,485 @@
+package bridge
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Config configures a Pool. Zero values mean the documented defaults.
+type Config struct {
+	// URL lists external NATS servers, comma-separated
+	// ("nats://a:4222,nats://b:4222"). Ignored when Server is set.
+	URL string
+	// Server is the embedded server, reached in-process.
+	Server *Embedded
+	// Name is the NATS connection name the server shows. Default "natsgate".
+	Name string
+	// IdleTimeout closes a token's connection once nothing has used it for
+	// this long. Default 2 minutes.
+	IdleTimeout time.Duration
+	// MaxTokens bounds the distinct tokens with an open connection. When
+	// every one is in use, a new token gets ErrTooManyTokens; idle ones are
+	// closed to make room. Default 1024.
+	MaxTokens int
+	// RejectTTL is how long a token the server rejected is refused without
+	// asking the server again. Default 5 s.
+	RejectTTL time.Duration
+	// MaxRejects bounds the remembered rejections. Default 16384.
+	MaxRejects int
+	// MaxDialing bounds concurrent connection attempts; more wait up to
+	// ConnectTimeout, then get ErrUnavailable. Default 32.
+	MaxDialing int
+	// ConnectTimeout bounds one connection attempt. Default 5 s.
+	ConnectTimeout time.Duration
+	// ConfirmTimeout bounds the flush round trip that confirms publishes
+	// and subscriptions. Default 5 s.
+	ConfirmTimeout time.Duration
+	// ReconnectWait is the pause between reconnection attempts after NATS
+	// goes away. Default 500 ms (with jitter).
+	ReconnectWait time.Duration
+	// Logger receives connection events. Nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	defInt := func(d *int, v int) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.Name == "" {
+		c.Name = "natsgate"
+	}
+	def(&c.IdleTimeout, 2*time.Minute)
+	def(&c.RejectTTL, 5*time.Second)
+	def(&c.ConnectTimeout, 5*time.Second)
+	def(&c.ConfirmTimeout, 5*time.Second)
+	def(&c.ReconnectWait, 500*time.Millisecond)
+	defInt(&c.MaxTokens, 1024)
+	defInt(&c.MaxRejects, 16384)
+	defInt(&c.MaxDialing, 32)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Pool holds one NATS connection per distinct token, keyed by the token's
+// SHA-256, shared by every request and session presenting that token and
+// never by another token. Connections close after IdleTimeout unused.
+type Pool struct {
+	cfg     Config
+	dialSem chan struct{}
+	stop    chan struct{}
+	reaped  chan struct{}
+
+	mu      sync.Mutex
+	conns   map[TokenKey]*Conn
+	rejects map[TokenKey]time.Time
+	closed  bool
+
+	probeMu  sync.Mutex
+	probeAt  time.Time
+	probeErr error
+}
+
+// NewPool returns a pool and starts its idle reaper; Close stops it.
+func NewPool(cfg Config) *Pool {
+	cfg.setDefaults()
+	p := &Pool{
+		cfg:     cfg,
+		dialSem: make(chan struct{}, cfg.MaxDialing),
+		stop:    make(chan struct{}),
+		reaped:  make(chan struct{}),
+		conns:   make(map[TokenKey]*Conn),
+		rejects: make(map[TokenKey]time.Time),
+	}
+	go p.reap()
+	return p
+}
+
+// Acquire returns the connection for token, connecting on first use, with
+// one more reference on it; the caller must Release it. A token the server
+// rejects gives ErrUnauthorized, and is refused again for RejectTTL without
+// a new connection attempt.
+func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
+	if token == "" {
+		return nil, fmt.Errorf("%w: no token", ErrUnauthorized)
+	}
+	key := KeyOf(token)
+	for {
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w: the gateway is shutting down", ErrUnavailable)
+		}
+		if c := p.conns[key]; c != nil {
+			select {
+			case <-c.dialed:
+				c.refs++
+				p.mu.Unlock()
+				return c, nil
+			default:
+			}
+			p.mu.Unlock()
+			select {
+			case <-c.dialed:
+				if c.dialErr != nil {
+					return nil, c.dialErr
+				}
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+			}
+		}
+		if until, ok := p.rejects[key]; ok {
+			if time.Now().Before(until) {
+				p.mu.Unlock()
+				return nil, fmt.Errorf("%w (remembered)", ErrUnauthorized)
+			}
+			delete(p.rejects, key)
+		}
+		if len(p.conns) >= p.cfg.MaxTokens && !p.evictIdleLocked() {
+			p.mu.Unlock()
+			return nil, fmt.Errorf("%w (limit %d)", ErrTooManyTokens, p.cfg.MaxTokens)
+		}
+		c := newConn(p, key)
+		p.conns[key] = c
+		p.mu.Unlock()
+
+		nc, err := p.dial(ctx, token, c)
+		p.mu.Lock()
+		if err != nil {
+			delete(p.conns, key)
+			if errors.Is(err, ErrUnauthorized) {
+				p.rememberRejectLocked(key)
+			}
+			c.dialErr = err
+			close(c.dialed)
+			p.mu.Unlock()
+			p.cfg.Logger.Info("nats connect failed", "token", c.name, "err", err)
+			return nil, err
+		}
+		c.nc = nc
+		c.refs = 1
+		close(c.dialed)
+		p.mu.Unlock()
+		p.cfg.Logger.Debug("nats connected", "token", c.name, "server", nc.ConnectedUrlRedacted())
+		return c, nil
+	}
+}
+
+func (p *Pool) tokenName(key TokenKey) string {
+	if p.cfg.Server != nil {
+		if name, ok := p.cfg.Server.TokenName(key); ok {
+			return name
+		}
+	}
+	return key.String()
+}
+
+func (p *Pool) dial(ctx context.Context, token string, c *Conn) (*nats.Conn, error) {
+	wait := time.NewTimer(p.cfg.ConnectTimeout)
+	defer wait.Stop()
+	select {
+	case p.dialSem <- struct{}{}:
+		defer func() { <-p.dialSem }()
+	case <-wait.C:
+		return nil, fmt.Errorf("%w: too many NATS connection attempts under way", ErrUnavailable)
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
+	opts := []nats.Option{
+		nats.Name(p.cfg.Name),
+		nats.Token(token),
+		nats.Timeout(p.cfg.ConnectTimeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(p.cfg.ReconnectWait),
+		nats.ReconnectJitter(p.cfg.ReconnectWait/2, p.cfg.ReconnectWait),
+		// No buffering while reconnecting: a publish NATS cannot take now
+		// fails now, and the client hears 503 instead of a 204 for a
+		// message that may never arrive.
+		nats.ReconnectBufSize(-1),
+		nats.ErrorHandler(c.onAsyncError),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { c.notify(Disconnected) }),
+		nats.ReconnectHandler(func(*nats.Conn) { c.notify(Reconnected) }),
+		nats.ClosedHandler(func(*nats.Conn) { p.onClosed(c) }),
+	}
+	var (
+		nc  *nats.Conn
+		err error
+	)
+	if p.cfg.Server != nil {
+		nc, err = nats.Connect("", append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn}))...)
+	} else {
+		nc, err = nats.Connect(p.cfg.URL, opts...)
+	}
+	switch {
+	case err == nil:
+		return nc, nil
+	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
+		return nil, fmt.Errorf("%w: %v", ErrUnauthorized, err)
+	default:
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+}
+
+func (p *Pool) rememberRejectLocked(key TokenKey) {
+	now := time.Now()
+	if len(p.rejects) >= p.cfg.MaxRejects {
+		for k, until := range p.rejects {
+			if now.After(until) {
+				delete(p.rejects, k)
+			}
+		}
+		for k := range p.rejects {
+			if len(p.rejects) < p.cfg.MaxRejects {
+				break
+			}
+			delete(p.rejects, k)
+		}
+	}
+	p.rejects[key] = now.Add(p.cfg.RejectTTL)
+}
+
+// evictIdleLocked closes the longest-idle unused connection, if any.
+func (p *Pool) evictIdleLocked() bool {
+	var victim *Conn
+	for _, c := range p.conns {
+		if c.refs == 0 && c.nc != nil && (victim == nil || c.idleSince.Before(victim.idleSince)) {
+			victim = c
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	delete(p.conns, victim.key)
+	victim.removed = true
+	go victim.nc.Close()
+	return true
+}
+
+func (p *Pool) release(c *Conn) {
+	p.mu.Lock()
+	c.refs--
+	if c.refs == 0 {
+		c.idleSince = time.Now()
+	}
+	p.mu.Unlock()
+}
+
+// onClosed forgets a connection NATS closed for good (a revoked token,
+// or the pool closing it), so the next Acquire connects afresh.
+func (p *Pool) onClosed(c *Conn) {
+	p.mu.Lock()
+	if p.conns[c.key] == c {
+		delete(p.conns, c.key)
+	}
+	c.removed = true
+	p.mu.Unlock()
+	if err := c.nc.LastError(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		p.cfg.Logger.Info("nats connection closed", "token", c.name, "err", err)
+	}
+	c.notify(Closed)
+}
+
+// Forget closes the connections of the given tokens (after a tokens-file
+// reload removed or changed them); their users see the connection close.
+func (p *Pool) Forget(keys ...TokenKey) {
+	p.mu.Lock()
+	var victims []*Conn
+	for _, k := range keys {
+		if c := p.conns[k]; c != nil && c.nc != nil {
+			delete(p.conns, k)
+			c.removed = true
+			victims = append(victims, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range victims {
+		c.nc.Close()
+	}
+}
+
+func (p *Pool) reap() {
+	defer close(p.reaped)
+	tick := time.NewTicker(min(p.cfg.IdleTimeout/4, 10*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-tick.C:
+			p.mu.Lock()
+			var idle []*Conn
+			for k, c := range p.conns {
+				if c.refs == 0 && c.nc != nil && now.Sub(c.idleSince) >= p.cfg.IdleTimeout {
+					delete(p.conns, k)
+					c.removed = true
+					idle = append(idle, c)
+				}
+			}
+			for k, until := range p.rejects {
+				if now.After(until) {
+					delete(p.rejects, k)
+				}
+			}
+			p.mu.Unlock()
+			for _, c := range idle {
+				p.cfg.Logger.Debug("closing idle nats connection", "token", c.name)
+				c.nc.Close()
+			}
+		}
+	}
+}
+
+// Stats describes the pool for metrics and tests.
+type Stats struct {
+	Conns int // connections held, in use or idle
+	InUse int // connections with at least one user
+}
+
+// Stats returns the pool's current figures.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var s Stats
+	for _, c := range p.conns {
+		if c.nc != nil {
+			s.Conns++
+			if c.refs > 0 {
+				s.InUse++
+			}
+		}
+	}
+	return s
+}
+
+// Ready reports whether NATS is usable: the embedded server is running,
+// or, for external servers, a pooled connection is connected or a server
+// answers with its INFO line (checked at most once a second).
+func (p *Pool) Ready(ctx context.Context) error {
+	p.mu.Lock()
+	closed := p.closed
+	var held, connected int
+	for _, c := range p.conns {
+		if c.nc != nil {
+			held++
+			if c.nc.IsConnected() {
+				connected++
+			}
+		}
+	}
+	p.mu.Unlock()
+	switch {
+	case closed:
+		return fmt.Errorf("%w: the gateway is shutting down", ErrUnavailable)
+	case p.cfg.Server != nil:
+		if !p.cfg.Server.Ready() {
+			return fmt.Errorf("%w: the embedded nats-server is not running", ErrUnavailable)
+		}
+		return nil
+	case connected > 0:
+		return nil
+	}
+	p.probeMu.Lock()
+	defer p.probeMu.Unlock()
+	if time.Since(p.probeAt) < time.Second {
+		return p.probeErr
+	}
+	p.probeErr = probe(ctx, p.cfg.URL)
+	p.probeAt = time.Now()
+	return p.probeErr
+}
+
+// probe dials the servers in a NATS URL list until one sends its INFO line.
+func probe(ctx context.Context, urls string) error {
+	var last error
+	for _, u := range strings.Split(urls, ",") {
+		addr, err := hostPort(strings.TrimSpace(u))
+		if err != nil {
+			last = err
+			continue
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		cancel()
+		if err != nil {
+			last = err
+			continue
+		}
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		line, err := bufio.NewReaderSize(c, 4096).ReadSlice('\n')
+		c.Close()
+		if err == nil && strings.HasPrefix(string(line), "INFO ") {
+			return nil
+		}
+		last = fmt.Errorf("%s did not answer as a NATS server", addr)
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, last)
+}
+
+func hostPort(u string) (string, error) {
+	if !strings.Contains(u, "://") {
+		u = "nats://" + u
+	}
+	pu, err := url.Parse(u)
+	if err != nil {
+		return "", fmt.Errorf("bad NATS URL: %w", err)
+	}
+	if pu.Port() == "" {
+		return net.JoinHostPort(pu.Hostname(), "4222"), nil
+	}
+	return pu.Host, nil
+}
+
+// Close drains every connection (subscriptions stop, pending publishes
+// are flushed) and waits until they are closed or ctx ends, then closes
+// what is left. Acquire fails afterwards.
+func (p *Pool) Close(ctx context.Context) error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	var all []*Conn
+	for _, c := range p.conns {
+		if c.nc != nil {
+			all = append(all, c)
+		}
+	}
+	p.mu.Unlock()
+	close(p.stop)
+	<-p.reaped
+	for _, c := range all {
+		if err := c.nc.Drain(); err != nil {
+			c.nc.Close()
+		}
+	}
+	for _, c := range all {
+		select {
+		case <-c.done:
+		case <-ctx.Done():
+			for _, c := range all {
+				c.nc.Close()
+			}
+			return fmt.Errorf("draining NATS connections: %w", ctx.Err())
+		}
+	}
+	return nil
+}

@@ -1,0 +1,275 @@
+package bridge
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"golang.org/x/crypto/bcrypt"
+)
+
+// TokenKey identifies a token without holding it: its SHA-256. The pool,
+// the authenticator and the logs key tokens by it.
+type TokenKey [sha256.Size]byte
+
+// KeyOf returns the key of a token.
+func KeyOf(token string) TokenKey { return sha256.Sum256([]byte(token)) }
+
+// String returns a short fingerprint, safe to log.
+func (k TokenKey) String() string { return "sha256:" + hex.EncodeToString(k[:6]) }
+
+// Token is one entry of a tokens file: a named token with the NATS
+// permissions the embedded server enforces for it.
+type Token struct {
+	Name      string             `json:"name"`
+	Token     string             `json:"token"`
+	Publish   *SubjectPermission `json:"publish,omitempty"`
+	Subscribe *SubjectPermission `json:"subscribe,omitempty"`
+}
+
+// SubjectPermission lists the subjects allowed and denied; an absent or
+// empty allow list allows every subject not denied, as in nats-server.
+type SubjectPermission struct {
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+}
+
+// TokensFile is the format of --tokens-file.
+type TokensFile struct {
+	Tokens []Token `json:"tokens"`
+}
+
+// maxTokensFile bounds the size of a tokens file that ParseTokens reads.
+const maxTokensFile = 16 << 20
+
+// ParseTokens parses and validates a tokens file: every entry has a unique
+// name and a unique non-empty token, and every permission subject is a
+// valid (wildcards allowed) subject. Unknown fields are errors, so a typo
+// in a permission cannot silently widen access. Error messages never
+// include a token.
+func ParseTokens(data []byte) ([]Token, error) {
+	if len(data) > maxTokensFile {
+		return nil, fmt.Errorf("tokens file larger than %d bytes", maxTokensFile)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f TokensFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("tokens file: %w", redactJSONError(err))
+	}
+	if dec.More() {
+		return nil, errors.New("tokens file: unexpected data after the JSON object")
+	}
+	if len(f.Tokens) == 0 {
+		return nil, errors.New(`tokens file: no tokens (want {"tokens":[{"name":…,"token":…}]})`)
+	}
+	names := map[string]bool{}
+	keys := map[TokenKey]bool{}
+	for i, t := range f.Tokens {
+		switch {
+		case strings.TrimSpace(t.Name) == "":
+			return nil, fmt.Errorf("tokens file: entry %d has no name", i)
+		case names[t.Name]:
+			return nil, fmt.Errorf("tokens file: name %q is used twice", t.Name)
+		case t.Token == "":
+			return nil, fmt.Errorf("tokens file: %q has no token", t.Name)
+		case keys[KeyOf(t.Token)]:
+			return nil, fmt.Errorf("tokens file: %q has the same token as an earlier entry", t.Name)
+		}
+		if isBcrypt(t.Token) {
+			if _, err := bcrypt.Cost([]byte(t.Token)); err != nil {
+				return nil, fmt.Errorf("tokens file: %q has a malformed bcrypt hash", t.Name)
+			}
+		}
+		names[t.Name], keys[KeyOf(t.Token)] = true, true
+		for _, p := range []struct {
+			what string
+			sp   *SubjectPermission
+		}{{"publish", t.Publish}, {"subscribe", t.Subscribe}} {
+			if p.sp == nil {
+				continue
+			}
+			for _, s := range slices.Concat(p.sp.Allow, p.sp.Deny) {
+				if err := ValidateSubscribeSubject(s, 0); err != nil {
+					return nil, fmt.Errorf("tokens file: %q %s: %w", t.Name, p.what, err)
+				}
+			}
+		}
+	}
+	return f.Tokens, nil
+}
+
+// redactJSONError keeps a JSON syntax or type error's position but not the
+// offending value, which could be a token.
+func redactJSONError(err error) error {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Errorf("invalid JSON at byte %d", se.Offset)
+	case errors.As(err, &te):
+		return fmt.Errorf("field %q must be %s, at byte %d", te.Field, te.Type, te.Offset)
+	}
+	if strings.HasPrefix(err.Error(), "json: unknown field ") {
+		return err
+	}
+	return errors.New("invalid JSON")
+}
+
+func isBcrypt(s string) bool {
+	return strings.HasPrefix(s, "$2a$") || strings.HasPrefix(s, "$2b$") || strings.HasPrefix(s, "$2y$")
+}
+
+func (t *Token) permissions() *server.Permissions {
+	if t.Publish == nil && t.Subscribe == nil {
+		return nil
+	}
+	conv := func(sp *SubjectPermission) *server.SubjectPermission {
+		if sp == nil {
+			return nil
+		}
+		return &server.SubjectPermission{Allow: slices.Clone(sp.Allow), Deny: slices.Clone(sp.Deny)}
+	}
+	return &server.Permissions{Publish: conv(t.Publish), Subscribe: conv(t.Subscribe)}
+}
+
+func (t *Token) equal(o *Token) bool {
+	eq := func(a, b *SubjectPermission) bool {
+		if a == nil || b == nil {
+			return a == b
+		}
+		return slices.Equal(a.Allow, b.Allow) && slices.Equal(a.Deny, b.Deny)
+	}
+	return t.Name == o.Name && t.Token == o.Token && eq(t.Publish, o.Publish) && eq(t.Subscribe, o.Subscribe)
+}
+
+// maxVerified bounds the cache of bcrypt tokens already verified.
+const maxVerified = 4096
+
+// tokenAuth is the embedded server's client authentication: it accepts the
+// configured tokens and registers each client under its token's name with
+// its token's permissions, so nats-server enforces them for the gateway and
+// native clients alike.
+type tokenAuth struct {
+	mu       sync.RWMutex
+	plain    map[TokenKey]*Token
+	hashed   []*Token
+	verified map[TokenKey]*Token // bcrypt tokens seen, by the presented token's key
+}
+
+func newTokenAuth(tokens []Token) *tokenAuth {
+	a := &tokenAuth{}
+	a.set(tokens)
+	return a
+}
+
+// set replaces the tokens. It returns the names whose token was removed
+// or whose entry changed, and the keys of the tokens under those names
+// that clients have presented, so their connections can be closed.
+func (a *tokenAuth) set(tokens []Token) (changed []string, keys []TokenKey) {
+	plain := make(map[TokenKey]*Token)
+	var hashed []*Token
+	byName := make(map[string]*Token)
+	for i := range tokens {
+		t := &tokens[i]
+		byName[t.Name] = t
+		if isBcrypt(t.Token) {
+			hashed = append(hashed, t)
+		} else {
+			plain[KeyOf(t.Token)] = t
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	gone := make(map[string]bool)
+	for _, old := range slices.Concat(slices.Collect(maps.Values(a.plain)), a.hashed) {
+		if nt, ok := byName[old.Name]; !ok || !nt.equal(old) {
+			gone[old.Name] = true
+			changed = append(changed, old.Name)
+		}
+	}
+	for k, t := range a.plain {
+		if gone[t.Name] {
+			keys = append(keys, k)
+		}
+	}
+	for k, t := range a.verified {
+		if gone[t.Name] {
+			keys = append(keys, k)
+		}
+	}
+	a.plain, a.hashed, a.verified = plain, hashed, make(map[TokenKey]*Token)
+	slices.Sort(changed)
+	return changed, keys
+}
+
+// lookup finds the entry a presented token matches, comparing in constant
+// time: by SHA-256 key for plain tokens, with bcrypt for hashed ones.
+func (a *tokenAuth) lookup(token string) *Token {
+	key := KeyOf(token)
+	a.mu.RLock()
+	t, hashed := a.plain[key], a.hashed
+	if t == nil {
+		t = a.verified[key]
+	}
+	a.mu.RUnlock()
+	if t != nil {
+		if isBcrypt(t.Token) {
+			return t
+		}
+		if k := KeyOf(t.Token); subtle.ConstantTimeCompare(k[:], key[:]) == 1 {
+			return t
+		}
+		return nil
+	}
+	for _, h := range hashed {
+		if bcrypt.CompareHashAndPassword([]byte(h.Token), []byte(token)) == nil {
+			a.mu.Lock()
+			if len(a.verified) >= maxVerified {
+				clear(a.verified)
+			}
+			if slices.Contains(a.hashed, h) {
+				a.verified[key] = h
+			}
+			a.mu.Unlock()
+			return h
+		}
+	}
+	return nil
+}
+
+// name returns the name of the entry whose token has this key, if known.
+func (a *tokenAuth) name(key TokenKey) (string, bool) {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	if t := a.plain[key]; t != nil {
+		return t.Name, true
+	}
+	if t := a.verified[key]; t != nil {
+		return t.Name, true
+	}
+	return "", false
+}
+
+// Check implements server.Authentication.
+func (a *tokenAuth) Check(c server.ClientAuthentication) bool {
+	opts := c.GetOpts()
+	if opts == nil || opts.Token == "" {
+		return false
+	}
+	t := a.lookup(opts.Token)
+	if t == nil {
+		return false
+	}
+	c.RegisterUser(&server.User{Username: t.Name, Permissions: t.permissions()})
+	return true
+}

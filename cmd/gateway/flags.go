@@ -1,0 +1,117 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// config is the parsed command line and environment.
+type config struct {
+	listen              string
+	token               string
+	tokensFile          string
+	natsURL             string
+	natsListen          string
+	natsConfig          string
+	maxTokens           int
+	idleTimeout         time.Duration
+	connectTimeout      time.Duration
+	confirmTimeout      time.Duration
+	requestTimeout      time.Duration
+	maxRequestTimeout   time.Duration
+	maxSubjectLen       int
+	keepAlive           time.Duration
+	queueBytes          int
+	slowGrace           time.Duration
+	writeTimeout        time.Duration
+	readHeaderTimeout   time.Duration
+	maxBatchBytes       int64
+	authFailureLimit    int
+	allowedOrigins      string
+	connectFrameTimeout time.Duration
+	maxFrameBytes       int64
+	maxSubscriptions    int
+	maxSessions         int
+	maxInflight         int
+	shutdownTimeout     time.Duration
+	logFormat           string
+	logLevel            string
+
+	set map[string]bool // flags given on the command line or in the environment
+}
+
+// envName is a flag's environment twin: --nats-url is GATEWAY_NATS_URL.
+func envName(flagName string) string {
+	return "GATEWAY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags reads flags, then fills every flag not given on the command
+// line from its GATEWAY_* environment variable.
+func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
+	c := &config{set: map[string]bool{}}
+	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "HTTP listen address")
+	fs.StringVar(&c.token, "token", "", "token the embedded NATS server accepts (all permissions); generated and printed once when neither it nor --tokens-file is set")
+	fs.StringVar(&c.tokensFile, "tokens-file", "", "JSON file of named tokens with NATS permissions for the embedded server; reloaded on SIGHUP")
+	fs.StringVar(&c.natsURL, "nats-url", "", "use these NATS servers (comma-separated) instead of an embedded one")
+	fs.StringVar(&c.natsListen, "nats-listen", "127.0.0.1:4222", `embedded server's address for native NATS clients, or "off"`)
+	fs.StringVar(&c.natsConfig, "nats-config", "", "nats-server configuration file for the embedded server (cluster, TLS, limits, JetStream)")
+	fs.IntVar(&c.maxTokens, "max-tokens", 1024, "distinct tokens with an open NATS connection at once")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "close a token's NATS connection after it is unused this long")
+	fs.DurationVar(&c.connectTimeout, "nats-connect-timeout", 5*time.Second, "bound on one NATS connection attempt")
+	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", 5*time.Second, "bound on the round trip that confirms a publish")
+	fs.DurationVar(&c.requestTimeout, "request-timeout", 5*time.Second, "request timeout when the client gives none")
+	fs.DurationVar(&c.maxRequestTimeout, "max-request-timeout", 60*time.Second, "largest request timeout a client may ask for")
+	fs.IntVar(&c.maxSubjectLen, "max-subject-length", 256, "longest subject, reply subject or queue group, in bytes")
+	fs.DurationVar(&c.keepAlive, "keepalive", 15*time.Second, "interval of SSE keep-alive comments and WebSocket pings")
+	fs.IntVar(&c.queueBytes, "queue-bytes", 1<<20, "outbound queue bound per stream or WebSocket session, in bytes; messages past it are dropped")
+	fs.DurationVar(&c.slowGrace, "slow-consumer-grace", 5*time.Second, "close a client that keeps overflowing its queue this long")
+	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "close a streaming client that takes longer than this to accept a write or answer a ping")
+	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
+	fs.Int64Var(&c.maxBatchBytes, "max-batch-bytes", 16<<20, "largest batch publish body, in bytes")
+	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per client address per minute before 429 (negative: no limit)")
+	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "browser origins allowed besides the gateway's own, comma-separated host patterns (CORS and WebSocket)")
+	fs.DurationVar(&c.connectFrameTimeout, "ws-connect-timeout", 5*time.Second, "time a WebSocket client without an Authorization header has to send its connect frame")
+	fs.Int64Var(&c.maxFrameBytes, "ws-max-frame-bytes", 0, "largest WebSocket frame from a client (0: room for a max_payload message in base64)")
+	fs.IntVar(&c.maxSubscriptions, "ws-max-subscriptions", 1000, "subscriptions per WebSocket session")
+	fs.IntVar(&c.maxSessions, "ws-max-sessions-per-token", 10000, "open WebSocket sessions per token")
+	fs.IntVar(&c.maxInflight, "ws-max-inflight", 256, "requests and acknowledged publishes in flight per WebSocket session")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: gateway [flags]\n\nnatsgate: HTTP and WebSocket gateway to a token-authenticated NATS server.\nEvery flag can also be set by the environment variable shown beside it.\n\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			name, usage := flag.UnquoteUsage(f)
+			fmt.Fprintf(stderr, "  --%s %s  (%s)\n    \t%s", f.Name, name, envName(f.Name), usage)
+			if f.DefValue != "" && f.DefValue != "0" {
+				fmt.Fprintf(stderr, " (default %q)", f.DefValue)
+			}
+			fmt.Fprintln(stderr)
+		})
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q (flags start with --)", fs.Args())
+	}
+	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if c.set[f.Name] || envErr != nil {
+			return
+		}
+		if v := getenv(envName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("%s: %w", envName(f.Name), err)
+			}
+			c.set[f.Name] = true
+		}
+	})
+	return c, envErr
+}

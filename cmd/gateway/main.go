@@ -1,0 +1,264 @@
+// Command gateway runs natsgate: an HTTP and WebSocket gateway to a
+// token-authenticated NATS server, embedded by default.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/natsgate/natsgate"
+	"github.com/natsgate/natsgate/bridge"
+	"github.com/natsgate/natsgate/httpapi"
+)
+
+var _ httpapi.Broker = (*bridge.Pool)(nil)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: parse flags, start the NATS side, serve HTTP
+// until ctx ends, then shut down in reverse order within a bound. Tests
+// call it directly with "--listen 127.0.0.1:0".
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseFlags(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	logger, err := newLogger(cfg.logFormat, cfg.logLevel, stderr)
+	if err != nil {
+		return err
+	}
+
+	var (
+		embedded  *bridge.Embedded
+		generated string
+	)
+	poolCfg := bridge.Config{
+		URL:            cfg.natsURL,
+		IdleTimeout:    cfg.idleTimeout,
+		MaxTokens:      cfg.maxTokens,
+		ConnectTimeout: cfg.connectTimeout,
+		ConfirmTimeout: cfg.confirmTimeout,
+		Logger:         logger.With("component", "bridge"),
+	}
+	if cfg.natsURL == "" {
+		ecfg := bridge.EmbeddedConfig{ConfigFile: cfg.natsConfig, Logger: logger.With("component", "nats-server")}
+		switch strings.ToLower(cfg.natsListen) {
+		case "off", "none", "":
+			ecfg.DontListen = true
+		default:
+			if cfg.natsConfig == "" || cfg.set["nats-listen"] {
+				ecfg.Listen = cfg.natsListen
+			}
+		}
+		if ecfg.Tokens, generated, err = gatewayTokens(cfg); err != nil {
+			return err
+		}
+		if embedded, err = bridge.StartEmbedded(ecfg); err != nil {
+			return err
+		}
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+			defer cancel()
+			_ = embedded.Shutdown(sctx)
+		}()
+		poolCfg.Server = embedded
+		logger.Info("embedded nats-server started", "client_url", embedded.ClientURL())
+	}
+	pool := bridge.NewPool(poolCfg)
+
+	api := httpapi.NewServer(logger.With("component", "http"), pool, httpapi.Config{
+		MaxSubjectLen:     cfg.maxSubjectLen,
+		RequestTimeout:    cfg.requestTimeout,
+		MaxRequestTimeout: cfg.maxRequestTimeout,
+		KeepAlive:         cfg.keepAlive,
+		QueueBytes:        cfg.queueBytes,
+		SlowConsumerGrace: cfg.slowGrace,
+		WriteTimeout:      cfg.writeTimeout,
+		MaxBatchBytes:     cfg.maxBatchBytes,
+		AuthFailureLimit:  cfg.authFailureLimit,
+		AllowedOrigins:    splitList(cfg.allowedOrigins),
+		OpenAPI:           natsgate.OpenAPI,
+		WS: httpapi.WSConfig{
+			ConnectTimeout:      cfg.connectFrameTimeout,
+			MaxFrameBytes:       cfg.maxFrameBytes,
+			MaxSubscriptions:    cfg.maxSubscriptions,
+			MaxSessionsPerToken: cfg.maxSessions,
+			MaxInflight:         cfg.maxInflight,
+		},
+	})
+
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		_ = pool.Close(context.Background())
+		return fmt.Errorf("listen: %w", err)
+	}
+	base := "http://" + ln.Addr().String()
+	logger.Info("natsgate listening", "addr", ln.Addr().String(), "nats", natsDescription(cfg, embedded))
+	if generated != "" {
+		printBanner(stdout, base, generated)
+	}
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: cfg.readHeaderTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	hup := make(chan os.Signal, 1)
+	if cfg.tokensFile != "" && embedded != nil {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+		case err := <-serveErr:
+			_ = pool.Close(context.Background())
+			return fmt.Errorf("serve: %w", err)
+		case <-hup:
+			reloadTokens(logger, cfg.tokensFile, embedded, pool)
+		}
+	}
+
+	logger.Info("shutting down", "timeout", cfg.shutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.shutdownTimeout)
+	defer cancel()
+	api.Shutdown()
+	if err := srv.Shutdown(sctx); err != nil {
+		logger.Warn("http shutdown incomplete", "err", err)
+		_ = srv.Close()
+	}
+	if err := pool.Close(sctx); err != nil {
+		logger.Warn("nats drain incomplete", "err", err)
+	}
+	logger.Info("stopped")
+	return nil
+}
+
+// gatewayTokens decides the embedded server's tokens: the tokens file,
+// --token, the configuration file's own authorization, or a generated token
+// (returned so it can be printed once).
+func gatewayTokens(cfg *config) (tokens []bridge.Token, generated string, err error) {
+	switch {
+	case cfg.tokensFile != "" && cfg.token != "":
+		return nil, "", errors.New("give --token or --tokens-file, not both")
+	case cfg.tokensFile != "":
+		tokens, err = readTokensFile(cfg.tokensFile)
+		return tokens, "", err
+	case cfg.token != "":
+		return []bridge.Token{{Name: "default", Token: cfg.token}}, "", nil
+	case cfg.natsConfig != "":
+		has, err := bridge.ConfigHasAuth(cfg.natsConfig)
+		if err != nil {
+			return nil, "", fmt.Errorf("nats config: %w", err)
+		}
+		if has {
+			return nil, "", nil
+		}
+	}
+	var b [24]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, "", err
+	}
+	generated = base64.RawURLEncoding.EncodeToString(b[:])
+	return []bridge.Token{{Name: "default", Token: generated}}, generated, nil
+}
+
+func readTokensFile(path string) ([]bridge.Token, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokens file: %w", err)
+	}
+	return bridge.ParseTokens(data)
+}
+
+// reloadTokens applies a changed tokens file: the others' sessions go on;
+// connections of removed or changed tokens are closed.
+func reloadTokens(logger *slog.Logger, path string, e *bridge.Embedded, pool *bridge.Pool) {
+	tokens, err := readTokensFile(path)
+	if err != nil {
+		logger.Error("tokens file reload failed; keeping the previous tokens", "file", path, "err", err)
+		return
+	}
+	changed, keys, err := e.SetTokens(tokens)
+	pool.Forget(keys...)
+	if err != nil {
+		logger.Error("tokens file reload: disconnecting clients", "err", err)
+	}
+	logger.Info("tokens file reloaded", "file", path, "tokens", len(tokens), "removed_or_changed", changed)
+}
+
+func natsDescription(cfg *config, e *bridge.Embedded) string {
+	if e == nil {
+		return cfg.natsURL
+	}
+	if u := e.ClientURL(); u != "" {
+		return "embedded, native clients at " + u
+	}
+	return "embedded, in-process only"
+}
+
+func printBanner(w io.Writer, base, token string) {
+	fmt.Fprintf(w, `
+natsgate: no --token given, so this run uses a generated token (shown once, never logged):
+
+    %[2]s
+
+Try it (in a second terminal):
+    curl -N -H 'Authorization: Bearer %[2]s' %[1]s/v1/subscribe/demo
+    curl -H 'Authorization: Bearer %[2]s' -d 'hello' %[1]s/v1/publish/demo
+
+`, base, token)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func newLogger(format, level string, w io.Writer) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level: %w", err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format must be text or json, not %q", format)
+}

@@ -1,0 +1,163 @@
+package httpapi
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+
+	"github.com/natsgate/natsgate/bridge"
+)
+
+// wireMsg is a message as clients send it: a batch entry, or the body of
+// a WebSocket pub or req frame.
+type wireMsg struct {
+	Subject    string          `json:"subject"`
+	Reply      string          `json:"reply,omitempty"`
+	Headers    json.RawMessage `json:"headers,omitempty"`
+	Data       *string         `json:"data,omitempty"`
+	DataBase64 *string         `json:"data_base64,omitempty"`
+}
+
+// toMsg converts and checks a client's message: headers as
+// {"Name":"v"} or {"Name":["v1","v2"]}, and data or data_base64, not both.
+func (wm *wireMsg) toMsg() (*bridge.Msg, error) {
+	m := &bridge.Msg{Subject: wm.Subject, Reply: wm.Reply}
+	switch {
+	case wm.Data != nil && wm.DataBase64 != nil:
+		return nil, badRequest("give data or data_base64, not both")
+	case wm.Data != nil:
+		m.Data = []byte(*wm.Data)
+	case wm.DataBase64 != nil:
+		b, err := base64.StdEncoding.DecodeString(*wm.DataBase64)
+		if err != nil {
+			return nil, badRequest("data_base64 is not valid base64")
+		}
+		m.Data = b
+	}
+	if len(wm.Headers) > 0 && !bytes.Equal(wm.Headers, []byte("null")) {
+		var raw map[string]json.RawMessage
+		if err := json.Unmarshal(wm.Headers, &raw); err != nil {
+			return nil, fmt.Errorf("%w: headers must be an object of strings or string arrays", bridge.ErrBadHeader)
+		}
+		m.Header = make(map[string][]string, len(raw))
+		for k, v := range raw {
+			var one string
+			if err := json.Unmarshal(v, &one); err == nil {
+				m.Header[k] = []string{one}
+				continue
+			}
+			var many []string
+			if err := json.Unmarshal(v, &many); err != nil {
+				return nil, fmt.Errorf("%w: header %q must be a string or an array of strings", bridge.ErrBadHeader, k)
+			}
+			m.Header[k] = many
+		}
+		if err := bridge.ValidateHeaders(m.Header); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+type batchResult struct {
+	Index  int    `json:"index"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// handlePublishBatch handles "POST /v1/publish": NDJSON entries, one
+// confirmation round trip for all; 204 when all were published, else 207
+// with a result per entry. Bad entries do not stop good ones.
+func (s *Server) handlePublishBatch() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, err := bearerToken(r)
+		if err != nil {
+			s.metrics.authFailures.WithLabelValues("missing").Inc()
+			writeError(w, r, err)
+			return
+		}
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-ndjson" && mt != "application/jsonl" {
+			writeError(w, r, fmt.Errorf("%w: send Content-Type: application/x-ndjson, one JSON entry per line", errUnsupported))
+			return
+		}
+		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer c.Release()
+		body, err := readBody(w, r, s.cfg.MaxBatchBytes)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		var (
+			msgs []*bridge.Msg
+			errs []error
+		)
+		sc := bufio.NewScanner(bytes.NewReader(body))
+		sc.Buffer(nil, len(body)+1)
+		for sc.Scan() {
+			line := bytes.TrimSpace(sc.Bytes())
+			if len(line) == 0 {
+				continue
+			}
+			if len(msgs) == s.cfg.MaxBatchEntries {
+				writeError(w, r, badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries))
+				return
+			}
+			var wm wireMsg
+			m, err := (*bridge.Msg)(nil), json.Unmarshal(line, &wm)
+			if err != nil {
+				err = badRequest("entry is not a JSON object: %v", err)
+			} else {
+				m, err = wm.toMsg()
+			}
+			if m == nil {
+				m = &bridge.Msg{}
+			}
+			msgs, errs = append(msgs, m), append(errs, err)
+		}
+		if len(msgs) == 0 {
+			writeError(w, r, badRequest("empty batch: send one JSON entry per line"))
+			return
+		}
+		var valid []*bridge.Msg
+		var at []int
+		for i, m := range msgs {
+			if errs[i] == nil {
+				valid, at = append(valid, m), append(at, i)
+			}
+		}
+		for j, err := range c.PublishBatch(r.Context(), valid, s.cfg.MaxSubjectLen) {
+			errs[at[j]] = err
+		}
+		results := make([]batchResult, len(msgs))
+		failed, unavailable := 0, 0
+		for i, err := range errs {
+			results[i] = batchResult{Index: i, Status: http.StatusNoContent}
+			if err != nil {
+				status, _ := classify(err)
+				results[i].Status, results[i].Detail = status, err.Error()
+				failed++
+				if errors.Is(err, bridge.ErrUnavailable) {
+					unavailable++
+				}
+			}
+		}
+		s.metrics.msgsIn.WithLabelValues("http").Add(float64(len(msgs) - failed))
+		switch {
+		case failed == 0:
+			w.WriteHeader(http.StatusNoContent)
+		case unavailable == len(msgs):
+			writeError(w, r, errs[0])
+		default:
+			writeJSON(w, http.StatusMultiStatus, map[string]any{"results": results})
+		}
+	}
+}

@@ -1,0 +1,78 @@
+package httpapi
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the gateway's Prometheus metrics. Labels are routes, methods,
+// statuses, transports and reasons: never tokens or subjects.
+type Metrics struct {
+	reg           *prometheus.Registry
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	sessions      *prometheus.GaugeVec
+	subscriptions prometheus.Gauge
+	msgsIn        *prometheus.CounterVec
+	msgsOut       *prometheus.CounterVec
+	dropped       *prometheus.CounterVec
+	slowClosed    *prometheus.CounterVec
+	authFailures  *prometheus.CounterVec
+}
+
+func newMetrics(b Broker) *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_http_requests_total", Help: "HTTP requests by route, method and status.",
+		}, []string{"route", "method", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "natsgate_http_request_duration_seconds",
+			Help:    "HTTP request latency by route and method (streams: their whole life).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route", "method"}),
+		sessions: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "natsgate_open_streams", Help: "Open WebSocket sessions and SSE/NDJSON streams.",
+		}, []string{"transport"}),
+		subscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "natsgate_subscriptions", Help: "Active subscriptions of clients (WebSocket and streams).",
+		}),
+		msgsIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_messages_in_total", Help: "Messages clients published into NATS (confirmed or sent), by transport.",
+		}, []string{"transport"}),
+		msgsOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_messages_out_total", Help: "Messages written to clients, by transport.",
+		}, []string{"transport"}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_messages_dropped_total", Help: "Messages dropped because a client's outbound queue was full, by transport.",
+		}, []string{"transport"}),
+		slowClosed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_slow_consumers_closed_total", Help: "Clients closed for staying behind their outbound bound, by transport.",
+		}, []string{"transport"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_auth_failures_total", Help: "Failed authentications by reason.",
+		}, []string{"reason"}),
+	}
+	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
+		m.slowClosed, m.authFailures,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",
+		}, func() float64 { return float64(b.Stats().Conns) }),
+	)
+	return m
+}
+
+func (m *Metrics) observeRequest(method, route string, status int, d time.Duration) {
+	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
+	m.latency.WithLabelValues(route, method).Observe(d.Seconds())
+}
+
+func (m *Metrics) handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}

@@ -1,0 +1,205 @@
+package httpapi
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/natsgate/natsgate/bridge"
+)
+
+// outItem is one message waiting for a client, with the subscription id it
+// goes out under (WebSocket; empty for streams).
+type outItem struct {
+	sid  string
+	msg  *bridge.Msg
+	size int
+}
+
+// itemOverhead is what an item costs beyond its message's bytes.
+const itemOverhead = 64
+
+func itemSize(m *bridge.Msg) int {
+	n := len(m.Subject) + len(m.Reply) + len(m.Data) + itemOverhead
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(v) + 8
+		}
+	}
+	return n
+}
+
+// maxKeptCap is the largest item buffer kept between takes, so a burst's
+// memory is returned once it has been written.
+const maxKeptCap = 256
+
+// outbox is a client's bounded outbound queue, in two lanes:
+//
+//   - messages from subscriptions, pushed by NATS callbacks that must never
+//     block: past limit bytes they are dropped and counted, so a client that
+//     cannot keep up costs at most limit bytes;
+//   - control frames (acknowledgements, replies, pongs) that must not be
+//     lost: past limit bytes their producers wait (backpressure on the
+//     client's own reads and requests).
+//
+// A writer takes everything queued at once. When the outbox goes from idle
+// to non-empty it calls wake, which starts (or signals) the writer; the
+// writer keeps taking until take reports the outbox empty.
+type outbox struct {
+	limit  int
+	onDrop func()
+	wake   func()
+
+	mu          sync.Mutex
+	ctrl        [][]byte
+	ctrlBytes   int
+	items       []outItem
+	bytes       int
+	dropped     int       // dropped since the writer last took
+	behindSince time.Time // first drop of the current run of drops
+	running     bool      // a writer has been woken and has not seen the outbox empty
+	closed      bool
+	space       chan struct{} // closed and replaced whenever the writer takes
+}
+
+func newOutbox(limit int, onDrop, wake func()) *outbox {
+	return &outbox{limit: limit, onDrop: onDrop, wake: wake, space: make(chan struct{})}
+}
+
+// wakeLocked marks the writer running; the caller calls wake after
+// unlocking when it returns true.
+func (o *outbox) wakeLocked() bool {
+	if o.running || o.closed {
+		return false
+	}
+	o.running = true
+	return true
+}
+
+// push queues a subscription message, or drops it when the message lane is
+// at its bound (a message larger than the whole bound still goes through
+// an empty lane).
+func (o *outbox) push(sid string, m *bridge.Msg) {
+	size := itemSize(m)
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	if o.bytes+size > o.limit && len(o.items) > 0 {
+		o.dropped++
+		if o.behindSince.IsZero() {
+			o.behindSince = time.Now()
+		}
+		o.mu.Unlock()
+		o.onDrop()
+		return
+	}
+	o.items = append(o.items, outItem{sid: sid, msg: m, size: size})
+	o.bytes += size
+	wake := o.wakeLocked()
+	o.mu.Unlock()
+	if wake {
+		o.wake()
+	}
+}
+
+// pushCtrl queues a control frame, waiting while the control lane is over
+// its bound, until ctx ends or the outbox closes.
+func (o *outbox) pushCtrl(ctx context.Context, b []byte) {
+	for {
+		o.mu.Lock()
+		if o.closed {
+			o.mu.Unlock()
+			return
+		}
+		if o.ctrlBytes < o.limit || len(o.ctrl) == 0 {
+			o.ctrl = append(o.ctrl, b)
+			o.ctrlBytes += len(b)
+			wake := o.wakeLocked()
+			o.mu.Unlock()
+			if wake {
+				o.wake()
+			}
+			return
+		}
+		space := o.space
+		o.mu.Unlock()
+		select {
+		case <-space:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// tryCtrl queues a control frame unless the control lane is full; for
+// notices from callbacks, which must not wait.
+func (o *outbox) tryCtrl(b []byte) {
+	o.mu.Lock()
+	if o.closed || (o.ctrlBytes >= o.limit && len(o.ctrl) > 0) {
+		o.mu.Unlock()
+		return
+	}
+	o.ctrl = append(o.ctrl, b)
+	o.ctrlBytes += len(b)
+	wake := o.wakeLocked()
+	o.mu.Unlock()
+	if wake {
+		o.wake()
+	}
+}
+
+// batch is what a writer takes in one go.
+type batch struct {
+	ctrl    [][]byte
+	items   []outItem
+	dropped int           // messages dropped since the previous take
+	behind  time.Duration // how long drops have gone on, if they continued since the previous take
+}
+
+// take hands the writer everything queued in exchange for its previous,
+// written batch. ok is false when there is nothing to write (or the
+// outbox is closed): the writer stops, and the next push wakes it again.
+func (o *outbox) take(prev batch) (b batch, ok bool) {
+	clear(prev.ctrl)
+	clear(prev.items)
+	if cap(prev.items) > maxKeptCap {
+		prev.items = nil
+	}
+	if cap(prev.ctrl) > maxKeptCap {
+		prev.ctrl = nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed || (len(o.ctrl) == 0 && len(o.items) == 0 && o.dropped == 0) {
+		o.running = false
+		return batch{}, false
+	}
+	b.ctrl, o.ctrl, o.ctrlBytes = o.ctrl, prev.ctrl[:0], 0
+	b.items, o.items, o.bytes = o.items, prev.items[:0], 0
+	b.dropped, o.dropped = o.dropped, 0
+	if !o.behindSince.IsZero() {
+		if b.dropped == 0 {
+			o.behindSince = time.Time{}
+		} else {
+			b.behind = time.Since(o.behindSince)
+		}
+	}
+	close(o.space)
+	o.space = make(chan struct{})
+	return b, true
+}
+
+// close discards what is queued and refuses what comes; waiting producers
+// return.
+func (o *outbox) close() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return
+	}
+	o.closed = true
+	o.ctrl, o.items = nil, nil
+	close(o.space)
+}

@@ -1,0 +1,199 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/natsgate/natsgate/bridge"
+)
+
+// headerPrefix marks request headers that become NATS headers, and NATS
+// headers of a reply returned as HTTP headers (as Synadia's gateway does).
+const headerPrefix = "NatsH-"
+
+// subjectParam returns the {subject} path segment, unescaped.
+func subjectParam(r *http.Request) (string, error) {
+	s := chi.URLParam(r, "subject")
+	if r.URL.RawPath != "" {
+		u, err := url.PathUnescape(s)
+		if err != nil {
+			return "", fmt.Errorf("%w: bad escape in subject", bridge.ErrBadSubject)
+		}
+		s = u
+	}
+	return s, nil
+}
+
+// natsHeaders maps "NatsH-<Name>: v" request headers to NATS headers
+// "<Name>: v". Go canonicalises HTTP header names, so <Name> arrives as
+// Canonical-Form.
+func natsHeaders(h http.Header) (map[string][]string, error) {
+	var out map[string][]string
+	for k, vs := range h {
+		if len(k) < len(headerPrefix) || !strings.EqualFold(k[:len(headerPrefix)], headerPrefix) {
+			continue
+		}
+		name := k[len(headerPrefix):]
+		if name == "" {
+			return nil, fmt.Errorf("%w: %q has no header name after the prefix", bridge.ErrBadHeader, k)
+		}
+		if out == nil {
+			out = make(map[string][]string)
+		}
+		out[name] = append(out[name], vs...)
+	}
+	if err := bridge.ValidateHeaders(out); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// readBody reads a request body of at most limit bytes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, fmt.Errorf("%w: body of %d bytes, limit %d", bridge.ErrPayloadTooLarge, r.ContentLength, limit)
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return nil, fmt.Errorf("%w: body over %d bytes", bridge.ErrPayloadTooLarge, limit)
+	}
+	return b, err
+}
+
+// handlePublish handles "POST /v1/publish/{subject}": the body is the
+// payload; 204 once the NATS server has the message.
+func (s *Server) handlePublish() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, err := bearerToken(r)
+		if err != nil {
+			s.metrics.authFailures.WithLabelValues("missing").Inc()
+			writeError(w, r, err)
+			return
+		}
+		m, err := s.messageFromRequest(r)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if reply := r.URL.Query().Get("reply"); reply != "" {
+			if err := bridge.ValidatePublishSubject(reply, s.cfg.MaxSubjectLen); err != nil {
+				writeError(w, r, fmt.Errorf("reply: %w", err))
+				return
+			}
+			m.Reply = reply
+		}
+		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer c.Release()
+		if m.Data, err = readBody(w, r, c.MaxPayload()); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		if err := c.Publish(r.Context(), m, s.cfg.MaxSubjectLen); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		s.metrics.msgsIn.WithLabelValues("http").Inc()
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// messageFromRequest reads and checks the subject and NATS headers of a
+// publish or request, before anything reaches NATS.
+func (s *Server) messageFromRequest(r *http.Request) (*bridge.Msg, error) {
+	subject, err := subjectParam(r)
+	if err == nil {
+		err = bridge.ValidatePublishSubject(subject, s.cfg.MaxSubjectLen)
+	}
+	if err != nil {
+		return nil, err
+	}
+	h, err := natsHeaders(r.Header)
+	if err != nil {
+		return nil, err
+	}
+	return &bridge.Msg{Subject: subject, Header: h}, nil
+}
+
+// parseTimeout reads a timeout given as a Go duration ("500ms", "2s") or a
+// bare number of milliseconds.
+func parseTimeout(v string, def, max time.Duration) (time.Duration, error) {
+	if v == "" {
+		return def, nil
+	}
+	var d time.Duration
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n > int64(max/time.Millisecond) {
+			return 0, badRequest("timeout %s ms is above the maximum of %s", v, max)
+		}
+		d = time.Duration(n) * time.Millisecond
+	} else if d, err = time.ParseDuration(v); err != nil {
+		return 0, badRequest("timeout %q is not a duration (like 500ms or 2s) or a number of milliseconds", v)
+	}
+	switch {
+	case d <= 0:
+		return 0, badRequest("timeout must be positive")
+	case d > max:
+		return 0, badRequest("timeout %s is above the maximum of %s", d, max)
+	}
+	return d, nil
+}
+
+// handleRequest handles "POST /v1/request/{subject}": request/reply; the
+// reply's payload is the body and its NATS headers come back as NatsH-*.
+func (s *Server) handleRequest() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, err := bearerToken(r)
+		if err != nil {
+			s.metrics.authFailures.WithLabelValues("missing").Inc()
+			writeError(w, r, err)
+			return
+		}
+		m, err := s.messageFromRequest(r)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		timeout, err := parseTimeout(r.URL.Query().Get("timeout"), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer c.Release()
+		if m.Data, err = readBody(w, r, c.MaxPayload()); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		reply, err := c.Request(r.Context(), m, timeout, s.cfg.MaxSubjectLen)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		s.metrics.msgsIn.WithLabelValues("http").Inc()
+		h := w.Header()
+		for k, vs := range reply.Header {
+			h[headerPrefix+k] = vs
+		}
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("Content-Length", strconv.Itoa(len(reply.Data)))
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(reply.Data)
+	}
+}

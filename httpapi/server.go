@@ -1,0 +1,224 @@
+package httpapi
+
+import (
+	"context"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/go-chi/chi/v5"
+
+	"github.com/natsgate/natsgate/bridge"
+)
+
+// Broker is what the edge needs from the NATS side; *bridge.Pool is one.
+type Broker interface {
+	// Acquire returns the token's shared connection, with a reference the
+	// caller releases.
+	Acquire(ctx context.Context, token string) (*bridge.Conn, error)
+	// Ready reports whether NATS is usable.
+	Ready(ctx context.Context) error
+	// Stats reports the connections held.
+	Stats() bridge.Stats
+}
+
+// Config holds the edge's limits and assets. Zero values mean the defaults
+// stated on each field.
+type Config struct {
+	// MaxSubjectLen bounds subjects, reply subjects and queue names.
+	// Zero means 256 bytes.
+	MaxSubjectLen int
+	// RequestTimeout is a request's timeout when the client gives none.
+	// Zero means 5 s.
+	RequestTimeout time.Duration
+	// MaxRequestTimeout bounds the timeout a client may ask for. Zero
+	// means 60 s.
+	MaxRequestTimeout time.Duration
+	// KeepAlive is the interval of SSE keep-alive comments, NDJSON blank
+	// lines and WebSocket pings. Zero means 15 s.
+	KeepAlive time.Duration
+	// QueueBytes bounds each stream's and session's outbound queue. Past
+	// it, messages are dropped and the client told. Zero means 1 MiB.
+	QueueBytes int
+	// SlowConsumerGrace is how long a client may keep overflowing its
+	// queue before it is closed. Zero means 5 s.
+	SlowConsumerGrace time.Duration
+	// WriteTimeout bounds each write to a streaming client; a client that
+	// takes longer is closed. Zero means 10 s.
+	WriteTimeout time.Duration
+	// MaxBatchBytes bounds a batch publish body. Zero means 16 MiB.
+	MaxBatchBytes int64
+	// MaxBatchEntries bounds the entries of a batch publish. Zero means
+	// 10000.
+	MaxBatchEntries int
+	// AuthFailureLimit is how many failed authentications an address may
+	// have per AuthFailureWindow before it gets 429. Zero means 20;
+	// negative disables the limit.
+	AuthFailureLimit int
+	// AuthFailureWindow: see AuthFailureLimit. Zero means 1 minute.
+	AuthFailureWindow time.Duration
+	// AllowedOrigins lists the browser origins allowed besides the
+	// gateway's own, for CORS and WebSocket upgrades alike: host patterns
+	// ("app.example.com", "*.example.com") or, with a scheme,
+	// "https://app.example.com", matched with path.Match. Empty allows
+	// only the gateway's own origin.
+	AllowedOrigins []string
+	// OpenAPI is the document served at /openapi.yaml.
+	OpenAPI []byte
+	// Assets holds index.html and client.js, served at / and /client.js.
+	// Nil serves neither.
+	Assets fs.FS
+	// WS configures WebSocket sessions.
+	WS WSConfig
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.MaxSubjectLen <= 0 {
+		c.MaxSubjectLen = bridge.DefaultMaxSubjectLen
+	}
+	def(&c.RequestTimeout, 5*time.Second)
+	def(&c.MaxRequestTimeout, 60*time.Second)
+	def(&c.KeepAlive, 15*time.Second)
+	def(&c.SlowConsumerGrace, 5*time.Second)
+	def(&c.WriteTimeout, 10*time.Second)
+	def(&c.AuthFailureWindow, time.Minute)
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = 1 << 20
+	}
+	if c.MaxBatchBytes <= 0 {
+		c.MaxBatchBytes = 16 << 20
+	}
+	if c.MaxBatchEntries <= 0 {
+		c.MaxBatchEntries = 10000
+	}
+	if c.AuthFailureLimit == 0 {
+		c.AuthFailureLimit = 20
+	}
+	c.WS.setDefaults()
+}
+
+// Server is the gateway's HTTP handler.
+type Server struct {
+	logger   *slog.Logger
+	broker   Broker
+	cfg      Config
+	metrics  *Metrics
+	failures *failureLimiter
+	router   chi.Router
+	sessions *sessionCounter
+
+	closing   chan struct{} // closed by Shutdown
+	closeOnce sync.Once
+
+	liveMu sync.Mutex
+	live   map[*session]struct{} // open WebSocket sessions
+}
+
+// NewServer returns the gateway's handler with every route of openapi.yaml.
+func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
+	cfg.setDefaults()
+	s := &Server{
+		logger:   logger,
+		broker:   broker,
+		cfg:      cfg,
+		metrics:  newMetrics(broker),
+		failures: newFailureLimiter(cfg.AuthFailureLimit, cfg.AuthFailureWindow),
+		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken),
+		closing:  make(chan struct{}),
+		live:     make(map[*session]struct{}),
+	}
+	s.router = s.addRoutes()
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Shutdown starts the gateway's exit: /readyz answers 503, new /v1
+// requests are refused with 503, SSE and NDJSON streams end and WebSocket
+// sessions close with 1001. In-flight requests finish; the http.Server's
+// Shutdown waits for them.
+func (s *Server) Shutdown() {
+	s.closeOnce.Do(func() {
+		s.liveMu.Lock()
+		close(s.closing)
+		live := make([]*session, 0, len(s.live))
+		for ss := range s.live {
+			live = append(live, ss)
+		}
+		s.liveMu.Unlock()
+		for _, ss := range live {
+			go ss.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+		}
+	})
+}
+
+func (s *Server) draining() bool {
+	select {
+	case <-s.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// addRoutes is the whole API, in the order of openapi.yaml.
+func (s *Server) addRoutes() chi.Router {
+	r := chi.NewRouter()
+	r.Use(observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, errNotFound) })
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, errMethod) })
+	r.Route("/v1", func(r chi.Router) {
+		r.Use(s.refuseWhileDraining)
+		r.Post("/publish/{subject}", s.handlePublish())
+		r.Post("/publish", s.handlePublishBatch())
+		r.Post("/request/{subject}", s.handleRequest())
+		r.Get("/subscribe/{subject}", s.handleSubscribe())
+		r.Get("/ws", s.handleWS())
+	})
+	r.Get("/healthz", handleHealthz())
+	r.Get("/readyz", s.handleReadyz())
+	r.Get("/metrics", s.metrics.handler().ServeHTTP)
+	r.Get("/openapi.yaml", handleOpenAPI(s.cfg.OpenAPI))
+	if s.cfg.Assets != nil {
+		r.Get("/", handleAsset(s.cfg.Assets, "index.html", "text/html; charset=utf-8"))
+		r.Get("/client.js", handleAsset(s.cfg.Assets, "client.js", "text/javascript; charset=utf-8"))
+	}
+	return r
+}
+
+func (s *Server) refuseWhileDraining(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining() {
+			w.Header().Set("Connection", "close")
+			writeError(w, r, errShuttingDown)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// track registers a live WebSocket session so Shutdown can close it; it
+// is false once the gateway is shutting down.
+func (s *Server) track(ss *session) bool {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if s.draining() {
+		return false
+	}
+	s.live[ss] = struct{}{}
+	return true
+}
+
+func (s *Server) untrack(ss *session) {
+	s.liveMu.Lock()
+	delete(s.live, ss)
+	s.liveMu.Unlock()
+}

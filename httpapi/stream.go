@@ -1,0 +1,221 @@
+package httpapi
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/natsgate/natsgate/bridge"
+)
+
+// streamSink feeds one stream's outbox from its subscription.
+type streamSink struct{ o *outbox }
+
+func (s *streamSink) Deliver(m *bridge.Msg) { s.o.push("", m) }
+
+// signal returns a channel with room for one wake-up, and the function
+// that wakes it without blocking.
+func signal() (chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	return ch, func() {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// notice is an out-of-band line of a stream: an error (slow consumer) or
+// a status change, as a JSON object with an "op" and as plain text.
+type notice struct {
+	op   string // "error" or "status"
+	json string
+	text string
+}
+
+func errorNotice(status int, msg string) notice {
+	return notice{op: "error", text: msg, json: fmt.Sprintf(`{"op":"error","status":%d,"message":%s}`, status, strconv.Quote(msg))}
+}
+
+func statusNotice(field, value string) notice {
+	return notice{op: "status", text: field + " " + value, json: `{"op":"status","` + field + `":"` + value + `"}`}
+}
+
+// streamFormat writes messages and notices as SSE or NDJSON.
+type streamFormat interface {
+	contentType() string
+	name() string
+	appendMsg(b []byte, m *bridge.Msg) []byte
+	appendNotice(b []byte, n notice) []byte
+	appendKeepAlive(b []byte) []byte
+}
+
+// sseFormat: one "data:" line per message; errors (slow consumer) as
+// comments; status changes as "event: status".
+type sseFormat struct{}
+
+func (sseFormat) contentType() string { return "text/event-stream" }
+func (sseFormat) name() string        { return "sse" }
+func (sseFormat) appendMsg(b []byte, m *bridge.Msg) []byte {
+	b = append(b, "data: "...)
+	b = append(b, m.JSON()...)
+	return append(b, "\n\n"...)
+}
+func (sseFormat) appendNotice(b []byte, n notice) []byte {
+	if n.op == "error" {
+		return append(append(append(b, ": "...), n.text...), "\n\n"...)
+	}
+	return append(append(append(b, "event: status\ndata: "...), n.json...), "\n\n"...)
+}
+func (sseFormat) appendKeepAlive(b []byte) []byte { return append(b, ": keep-alive\n\n"...) }
+
+// ndjsonFormat: one message object per line; notices are objects with an
+// "op"; keep-alives are blank lines.
+type ndjsonFormat struct{}
+
+func (ndjsonFormat) contentType() string { return "application/x-ndjson" }
+func (ndjsonFormat) name() string        { return "ndjson" }
+func (ndjsonFormat) appendMsg(b []byte, m *bridge.Msg) []byte {
+	return append(append(b, m.JSON()...), '\n')
+}
+func (ndjsonFormat) appendNotice(b []byte, n notice) []byte {
+	return append(append(b, n.json...), '\n')
+}
+func (ndjsonFormat) appendKeepAlive(b []byte) []byte { return append(b, '\n') }
+func wantsNDJSON(accept string) bool {
+	return strings.Contains(accept, "application/x-ndjson") || strings.Contains(accept, "application/jsonl")
+}
+
+// handleSubscribe handles "GET /v1/subscribe/{subject}": a subscription
+// streamed as Server-Sent Events or NDJSON until the client leaves, the
+// token's connection closes or the gateway shuts down.
+func (s *Server) handleSubscribe() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, err := bearerToken(r)
+		if err != nil {
+			s.metrics.authFailures.WithLabelValues("missing").Inc()
+			writeError(w, r, err)
+			return
+		}
+		subject, err := subjectParam(r)
+		if err == nil {
+			err = bridge.ValidateSubscribeSubject(subject, s.cfg.MaxSubjectLen)
+		}
+		queue := r.URL.Query().Get("queue")
+		if err == nil && r.URL.Query().Has("queue") {
+			err = bridge.ValidateQueue(queue, s.cfg.MaxSubjectLen)
+		}
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		var f streamFormat = sseFormat{}
+		if wantsNDJSON(r.Header.Get("Accept")) {
+			f = ndjsonFormat{}
+		}
+		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer c.Release()
+		dropped := s.metrics.dropped.WithLabelValues(f.name())
+		wake, wakeFn := signal()
+		box := newOutbox(s.cfg.QueueBytes, dropped.Inc, wakeFn)
+		defer box.close()
+		sub, err := c.Subscribe(r.Context(), subject, queue, &streamSink{o: box}, s.cfg.MaxSubjectLen)
+		if err != nil {
+			writeError(w, r, err)
+			return
+		}
+		defer sub.Close()
+		status := make(chan bridge.Status, 8)
+		stop := c.Watch(func(st bridge.Status) {
+			select {
+			case status <- st:
+			default:
+			}
+		})
+		defer stop()
+		open := s.metrics.sessions.WithLabelValues(f.name())
+		open.Inc()
+		defer open.Dec()
+		s.metrics.subscriptions.Inc()
+		defer s.metrics.subscriptions.Dec()
+
+		h := w.Header()
+		h.Set("Content-Type", f.contentType())
+		h.Set("Cache-Control", "no-cache")
+		h.Set("X-Accel-Buffering", "no")
+		w.WriteHeader(http.StatusOK)
+		s.pumpStream(w, r, c, f, box, wake, status)
+	}
+}
+
+// pumpStream writes a stream until it ends. Every write has a deadline, so
+// a stalled client is dropped rather than holding the writer.
+func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Conn, f streamFormat, box *outbox, wake <-chan struct{}, status <-chan bridge.Status) {
+	rc := http.NewResponseController(w)
+	write := func(b []byte) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
+		if _, err := w.Write(b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	var buf []byte
+	if _, ok := f.(sseFormat); ok {
+		buf = append(buf, ": subscribed\n\n"...)
+	}
+	if !write(buf) {
+		return
+	}
+	out := s.metrics.msgsOut.WithLabelValues(f.name())
+	keepAlive := time.NewTicker(s.cfg.KeepAlive)
+	defer keepAlive.Stop()
+	var b batch
+	for {
+		buf = buf[:0]
+		end := false
+		select {
+		case <-r.Context().Done():
+			return
+		case <-s.closing:
+			buf, end = f.appendNotice(buf, statusNotice("gateway", "shutting down")), true
+		case <-c.Done():
+			buf, end = f.appendNotice(buf, statusNotice("nats", "closed")), true
+		case st := <-status:
+			buf = f.appendNotice(buf, statusNotice("nats", st.String()))
+		case <-keepAlive.C:
+			buf = f.appendKeepAlive(buf)
+		case <-wake:
+			var ok bool
+			for !end {
+				if b, ok = box.take(b); !ok {
+					break
+				}
+				for _, it := range b.items {
+					buf = f.appendMsg(buf, it.msg)
+				}
+				out.Add(float64(len(b.items)))
+				if b.dropped > 0 {
+					buf = f.appendNotice(buf, errorNotice(http.StatusTooManyRequests, fmt.Sprintf("slow consumer: %d dropped", b.dropped)))
+				}
+				if b.behind > s.cfg.SlowConsumerGrace {
+					s.metrics.slowClosed.WithLabelValues(f.name()).Inc()
+					buf = f.appendNotice(buf, errorNotice(http.StatusTooManyRequests, "slow consumer: closed after staying behind for "+b.behind.Round(time.Millisecond).String()))
+					end = true
+				}
+				if !write(buf) {
+					return
+				}
+				buf = buf[:0]
+			}
+		}
+		if len(buf) > 0 && !write(buf) || end {
+			return
+		}
+	}
+}

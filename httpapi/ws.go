@@ -1,0 +1,591 @@
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/natsgate/natsgate/bridge"
+)
+
+// WebSocket close codes of the session protocol (README, "Close codes").
+const (
+	closeMalformed    websocket.StatusCode = 4400 // malformed frame or protocol misuse (final)
+	closeUnauthorized websocket.StatusCode = 4401 // no, rejected or revoked token (final)
+	closeNoConnect    websocket.StatusCode = 4408 // no connect frame in time (final)
+	closeAuthLimited  websocket.StatusCode = 4429 // too many failed authentications from this address
+)
+
+// WSConfig configures WebSocket sessions. Zero values mean the defaults
+// stated on each field.
+type WSConfig struct {
+	// ConnectTimeout bounds the wait for the connect frame when the
+	// upgrade had no Authorization header. Zero means 5 s.
+	ConnectTimeout time.Duration
+	// MaxFrameBytes bounds a client's frame; a larger one closes the
+	// session with 1009. Zero means room for a max_payload message in
+	// base64 plus 64 KiB of JSON around it.
+	MaxFrameBytes int64
+	// MaxSubscriptions bounds a session's subscriptions. Zero means 1000.
+	MaxSubscriptions int
+	// MaxSessionsPerToken bounds the open sessions of one token. Zero
+	// means 10000.
+	MaxSessionsPerToken int
+	// MaxInflight bounds a session's requests and acknowledged publishes
+	// awaiting NATS. Zero means 256.
+	MaxInflight int
+}
+
+func (c *WSConfig) setDefaults() {
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 5 * time.Second
+	}
+	if c.MaxSubscriptions <= 0 {
+		c.MaxSubscriptions = 1000
+	}
+	if c.MaxSessionsPerToken <= 0 {
+		c.MaxSessionsPerToken = 10000
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 256
+	}
+}
+
+// connectFrameLimit bounds the frame read before authentication.
+const connectFrameLimit = 16 << 10
+
+// maxIDLen bounds sid and id values, which are echoed in frames.
+const maxIDLen = 64
+
+// frame is a client frame; which fields matter depends on op.
+type frame struct {
+	Op        string `json:"op"`
+	Token     string `json:"token"`
+	Sid       string `json:"sid"`
+	ID        string `json:"id"`
+	Queue     string `json:"queue"`
+	TimeoutMS *int64 `json:"timeout_ms"`
+	wireMsg
+}
+
+// parseFrame decodes a client frame. Malformed JSON, a missing op and
+// ids that cannot be echoed safely are protocol errors.
+func parseFrame(data []byte) (*frame, error) {
+	var f frame
+	if err := json.Unmarshal(data, &f); err != nil {
+		return nil, fmt.Errorf("frame is not a JSON object: %v", err)
+	}
+	if f.Op == "" {
+		return nil, errors.New(`frame has no "op"`)
+	}
+	for _, v := range []struct{ name, val string }{{"sid", f.Sid}, {"id", f.ID}} {
+		if !validID(v.val) {
+			return nil, fmt.Errorf("%s must be at most %d printable ASCII characters without quotes or backslashes", v.name, maxIDLen)
+		}
+	}
+	return &f, nil
+}
+
+func validID(s string) bool {
+	if len(s) > maxIDLen {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < ' ' || c > '~' || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
+}
+
+// sessionCounter bounds the open sessions of each token.
+type sessionCounter struct {
+	max int
+	mu  sync.Mutex
+	n   map[bridge.TokenKey]int
+}
+
+func newSessionCounter(max int) *sessionCounter {
+	return &sessionCounter{max: max, n: make(map[bridge.TokenKey]int)}
+}
+
+func (s *sessionCounter) add(k bridge.TokenKey) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[k] >= s.max {
+		return fmt.Errorf("%w: this token already has %d open WebSocket sessions", errTooMany, s.max)
+	}
+	s.n[k]++
+	return nil
+}
+
+func (s *sessionCounter) done(k bridge.TokenKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n[k]--; s.n[k] <= 0 {
+		delete(s.n, k)
+	}
+}
+
+// handleWS handles "GET /v1/ws": a WebSocket session multiplexing
+// subscriptions, publishes and requests over one token's NATS connection.
+// With an Authorization header the token is checked before the upgrade
+// (and errors are plain HTTP); without one, the first frame must be
+// {"op":"connect","token":…} within WSConfig.ConnectTimeout.
+func (s *Server) handleWS() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := s.checkOrigin(r); err != nil {
+			writeError(w, r, err)
+			return
+		}
+		var c *bridge.Conn
+		if r.Header.Get("Authorization") != "" {
+			tok, err := bearerToken(r)
+			if err == nil {
+				c, err = s.connect(r.Context(), r.RemoteAddr, tok)
+			}
+			if err == nil {
+				if err = s.sessions.add(c.Key()); err != nil {
+					c.Release()
+				}
+			}
+			if err != nil {
+				writeError(w, r, err)
+				return
+			}
+		}
+		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+			OriginPatterns:  s.cfg.AllowedOrigins,
+			CompressionMode: websocket.CompressionDisabled,
+		})
+		if err != nil {
+			if c != nil {
+				s.sessions.done(c.Key())
+				c.Release()
+			}
+			return
+		}
+		sess := newSession(s, ws, r.RemoteAddr, loggerFrom(r.Context()))
+		sess.run(c)
+	}
+}
+
+// session is one WebSocket connection. The handler goroutine reads; a
+// writer goroutine runs only while there is something to write; keep-alive
+// pings run from a timer. An idle session therefore holds one goroutine.
+type session struct {
+	s      *Server
+	ws     *websocket.Conn
+	remote string
+	logger *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	conn   *bridge.Conn
+
+	out      *outbox
+	inflight atomic.Int32
+	subs     map[string]*bridge.Subscription // by sid; reader goroutine only
+	ping     *time.Timer
+}
+
+func newSession(s *Server, ws *websocket.Conn, remote string, logger *slog.Logger) *session {
+	ctx, cancel := context.WithCancel(context.Background())
+	sess := &session{s: s, ws: ws, remote: remote, logger: logger, ctx: ctx, cancel: cancel, subs: make(map[string]*bridge.Subscription)}
+	sess.out = newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues("ws").Inc, func() { go sess.writeLoop() })
+	return sess
+}
+
+// run serves the session until it ends, then releases everything it held.
+func (ss *session) run(c *bridge.Conn) {
+	s := ss.s
+	if !s.track(ss) {
+		ss.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+		ss.cleanupConn(c)
+		return
+	}
+	defer s.untrack(ss)
+	defer ss.cancel()
+	if c == nil {
+		var code websocket.StatusCode
+		var reason string
+		if c, code, reason = ss.awaitConnect(); c == nil {
+			if code != 0 {
+				ss.ws.Close(code, reason)
+			}
+			return
+		}
+	}
+	ss.conn = c
+	defer ss.cleanup()
+	s.metrics.sessions.WithLabelValues("ws").Inc()
+	defer s.metrics.sessions.WithLabelValues("ws").Dec()
+
+	limit := s.cfg.WS.MaxFrameBytes
+	if limit <= 0 {
+		limit = (c.MaxPayload()+2)/3*4 + 64<<10
+	}
+	ss.ws.SetReadLimit(limit)
+	stop := c.Watch(ss.onStatus)
+	defer stop()
+	ss.out.pushCtrl(ss.ctx, fmt.Appendf(nil, `{"op":"connected","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
+		c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
+	ss.schedulePing()
+	for {
+		typ, data, err := ss.ws.Read(ss.ctx)
+		if err != nil {
+			return
+		}
+		if typ != websocket.MessageText {
+			ss.ws.Close(closeMalformed, "text frames only")
+			return
+		}
+		f, err := parseFrame(data)
+		if err != nil {
+			ss.ws.Close(closeMalformed, truncateReason(err.Error()))
+			return
+		}
+		if code, reason := ss.handle(f); code != 0 {
+			ss.ws.Close(code, reason)
+			return
+		}
+	}
+}
+
+// awaitConnect reads the connect frame, closing the session with 4408 if
+// none arrives in time. coder/websocket closes the connection when a
+// Read's context ends, so the deadline is a timer that closes with the
+// contract's code, not a read context.
+func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
+	s := ss.s
+	timer := time.AfterFunc(s.cfg.WS.ConnectTimeout, func() {
+		ss.ws.Close(closeNoConnect, "no connect frame within "+s.cfg.WS.ConnectTimeout.String())
+	})
+	ss.ws.SetReadLimit(connectFrameLimit)
+	typ, data, err := ss.ws.Read(ss.ctx)
+	if !timer.Stop() || err != nil {
+		return nil, 0, ""
+	}
+	if typ != websocket.MessageText {
+		return nil, closeMalformed, "text frames only"
+	}
+	f, err := parseFrame(data)
+	switch {
+	case err != nil:
+		return nil, closeMalformed, truncateReason(err.Error())
+	case f.Op != "connect":
+		s.metrics.authFailures.WithLabelValues("missing").Inc()
+		return nil, closeUnauthorized, `first frame must be {"op":"connect","token":…}`
+	}
+	tok, err := checkToken(f.Token)
+	if err != nil {
+		s.metrics.authFailures.WithLabelValues("missing").Inc()
+		return nil, closeUnauthorized, "missing or malformed token"
+	}
+	c, err := s.connect(ss.ctx, ss.remote, tok)
+	if err == nil {
+		if err = s.sessions.add(c.Key()); err != nil {
+			c.Release()
+		}
+	}
+	if err != nil {
+		status, _ := classify(err)
+		switch status {
+		case http.StatusUnauthorized:
+			return nil, closeUnauthorized, "token rejected by the NATS server"
+		case http.StatusTooManyRequests:
+			if errors.Is(err, errTooManyFailed) {
+				return nil, closeAuthLimited, "too many failed authentications"
+			}
+			return nil, websocket.StatusTryAgainLater, "too many sessions for this token"
+		default:
+			return nil, websocket.StatusTryAgainLater, "NATS unavailable"
+		}
+	}
+	return c, 0, ""
+}
+
+func truncateReason(s string) string {
+	if len(s) > 120 {
+		return s[:120]
+	}
+	return s
+}
+
+// handle runs one frame. A non-zero code closes the session.
+func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
+	switch f.Op {
+	case "sub":
+		ss.sub(f)
+	case "unsub":
+		ss.unsub(f)
+	case "pub":
+		ss.pub(f)
+	case "req":
+		ss.req(f)
+	case "ping":
+		ss.out.pushCtrl(ss.ctx, []byte(`{"op":"pong"}`))
+	case "connect":
+		return closeMalformed, "already connected"
+	default:
+		return closeMalformed, "unknown op " + strconv.Quote(truncateReason(f.Op))
+	}
+	return 0, ""
+}
+
+// reply sends an ok, or an error frame for err, for a frame's id/sid.
+func (ss *session) reply(f *frame, err error) {
+	var b []byte
+	if err == nil {
+		b = append(b, `{"op":"ok"`...)
+	} else {
+		status, _ := classify(err)
+		b = fmt.Appendf(b, `{"op":"error","status":%d,"message":%s`, status, strconv.Quote(err.Error()))
+	}
+	if f.ID != "" {
+		b = append(append(append(b, `,"id":"`...), f.ID...), '"')
+	}
+	if f.Sid != "" && (f.Op == "sub" || f.Op == "unsub") {
+		b = append(append(append(b, `,"sid":"`...), f.Sid...), '"')
+	}
+	ss.out.pushCtrl(ss.ctx, append(b, '}'))
+}
+
+func (ss *session) sub(f *frame) {
+	s := ss.s
+	switch {
+	case f.Sid == "":
+		ss.reply(f, badRequest(`sub needs a "sid"`))
+		return
+	case ss.subs[f.Sid] != nil:
+		ss.reply(f, badRequest("sid %q is already subscribed", f.Sid))
+		return
+	case len(ss.subs) >= s.cfg.WS.MaxSubscriptions:
+		ss.reply(f, fmt.Errorf("%w: at most %d subscriptions per session", errTooMany, s.cfg.WS.MaxSubscriptions))
+		return
+	}
+	sub, err := ss.conn.Subscribe(ss.ctx, f.Subject, f.Queue, &wsSink{out: ss.out, sid: f.Sid}, s.cfg.MaxSubjectLen)
+	if err == nil {
+		ss.subs[f.Sid] = sub
+		s.metrics.subscriptions.Inc()
+	}
+	ss.reply(f, err)
+}
+
+func (ss *session) unsub(f *frame) {
+	sub := ss.subs[f.Sid]
+	if sub == nil {
+		ss.reply(f, badRequest("no subscription with sid %q", f.Sid))
+		return
+	}
+	sub.Close()
+	delete(ss.subs, f.Sid)
+	ss.s.metrics.subscriptions.Dec()
+	ss.reply(f, nil)
+}
+
+// takeSlot reserves one of the session's in-flight slots.
+func (ss *session) takeSlot(f *frame) bool {
+	if int(ss.inflight.Add(1)) > ss.s.cfg.WS.MaxInflight {
+		ss.inflight.Add(-1)
+		ss.reply(f, fmt.Errorf("%w: at most %d requests and acknowledged publishes in flight", errTooMany, ss.s.cfg.WS.MaxInflight))
+		return false
+	}
+	return true
+}
+
+// pub publishes in frame order. With an id, the ok or error comes once
+// NATS has confirmed (or refused) it; without one, only a local error
+// (bad subject, too large, NATS down) is reported.
+func (ss *session) pub(f *frame) {
+	s := ss.s
+	m, err := f.toMsg()
+	if err != nil {
+		ss.reply(f, err)
+		return
+	}
+	if f.ID == "" {
+		if err := ss.conn.PublishAsync(m, s.cfg.MaxSubjectLen); err != nil {
+			ss.reply(f, err)
+			return
+		}
+		s.metrics.msgsIn.WithLabelValues("ws").Inc()
+		return
+	}
+	if !ss.takeSlot(f) {
+		return
+	}
+	confirm, err := ss.conn.PublishStart(m, s.cfg.MaxSubjectLen)
+	if err != nil {
+		ss.inflight.Add(-1)
+		ss.reply(f, err)
+		return
+	}
+	go func() {
+		defer ss.inflight.Add(-1)
+		err := confirm(ss.ctx)
+		if err == nil {
+			s.metrics.msgsIn.WithLabelValues("ws").Inc()
+		}
+		ss.reply(f, err)
+	}()
+}
+
+func (ss *session) req(f *frame) {
+	s := ss.s
+	if f.ID == "" {
+		ss.reply(f, badRequest(`req needs an "id"`))
+		return
+	}
+	timeout := s.cfg.RequestTimeout
+	if f.TimeoutMS != nil {
+		var err error
+		if timeout, err = parseTimeout(strconv.FormatInt(*f.TimeoutMS, 10), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout); err != nil {
+			ss.reply(f, err)
+			return
+		}
+	}
+	m, err := f.toMsg()
+	if err != nil {
+		ss.reply(f, err)
+		return
+	}
+	if !ss.takeSlot(f) {
+		return
+	}
+	go func() {
+		defer ss.inflight.Add(-1)
+		rep, err := ss.conn.Request(ss.ctx, m, timeout, s.cfg.MaxSubjectLen)
+		if err != nil {
+			ss.reply(f, err)
+			return
+		}
+		s.metrics.msgsIn.WithLabelValues("ws").Inc()
+		b := make([]byte, 0, len(`{"op":"reply","id":"",`)+len(f.ID)+len(rep.JSON()))
+		b = append(append(append(b, `{"op":"reply","id":"`...), f.ID...), `",`...)
+		ss.out.pushCtrl(ss.ctx, append(b, rep.JSONFields()...))
+	}()
+}
+
+// onStatus tells the client about its NATS connection; a connection
+// closed for good ends the session.
+func (ss *session) onStatus(st bridge.Status) {
+	if st != bridge.Closed {
+		ss.out.tryCtrl([]byte(`{"op":"status","nats":"` + st.String() + `"}`))
+		return
+	}
+	go func() {
+		if ss.conn.ClosedByAuth() {
+			ss.ws.Close(closeUnauthorized, "token no longer accepted by the NATS server")
+		} else {
+			ss.ws.Close(websocket.StatusTryAgainLater, "NATS connection closed")
+		}
+	}()
+}
+
+// schedulePing pings the client every KeepAlive from a timer (no goroutine
+// while idle) and closes a peer that does not answer within WriteTimeout.
+func (ss *session) schedulePing() {
+	ss.ping = time.AfterFunc(ss.s.cfg.KeepAlive, func() {
+		ctx, cancel := context.WithTimeout(ss.ctx, ss.s.cfg.WriteTimeout)
+		err := ss.ws.Ping(ctx)
+		cancel()
+		if err != nil {
+			ss.ws.CloseNow()
+			return
+		}
+		ss.ping.Reset(ss.s.cfg.KeepAlive)
+	})
+}
+
+// writeLoop writes until the session's outbox is empty, then exits; the
+// outbox starts it again when something arrives. Each batch of writes has
+// WriteTimeout: a client that does not take them in time is closed.
+func (ss *session) writeLoop() {
+	s := ss.s
+	out := s.metrics.msgsOut.WithLabelValues("ws")
+	var (
+		b   batch
+		ok  bool
+		buf []byte
+	)
+	for {
+		if b, ok = ss.out.take(b); !ok {
+			return
+		}
+		ctx, cancel := context.WithTimeout(ss.ctx, s.cfg.WriteTimeout)
+		err := func() error {
+			for _, c := range b.ctrl {
+				if err := ss.ws.Write(ctx, websocket.MessageText, c); err != nil {
+					return err
+				}
+			}
+			for _, it := range b.items {
+				buf = append(append(append(buf[:0], `{"op":"msg","sid":"`...), it.sid...), `",`...)
+				buf = append(buf, it.msg.JSONFields()...)
+				if err := ss.ws.Write(ctx, websocket.MessageText, buf); err != nil {
+					return err
+				}
+			}
+			out.Add(float64(len(b.items)))
+			if b.dropped > 0 {
+				return ss.ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"op":"error","status":429,"message":"slow consumer: %d dropped"}`, b.dropped))
+			}
+			return nil
+		}()
+		cancel()
+		if err == nil && b.behind > s.cfg.SlowConsumerGrace {
+			s.metrics.slowClosed.WithLabelValues("ws").Inc()
+			ss.out.close()
+			ss.ws.Close(websocket.StatusPolicyViolation, "slow consumer: stayed behind for "+b.behind.Round(time.Millisecond).String())
+			return
+		}
+		if err != nil {
+			ss.out.close()
+			ss.ws.CloseNow()
+			return
+		}
+		if cap(buf) > 64<<10 {
+			buf = nil
+		}
+	}
+}
+
+// cleanup ends everything the session holds once its reader returns.
+func (ss *session) cleanup() {
+	if ss.ping != nil {
+		ss.ping.Stop()
+	}
+	ss.cancel()
+	ss.out.close()
+	for sid, sub := range ss.subs {
+		sub.Close()
+		delete(ss.subs, sid)
+		ss.s.metrics.subscriptions.Dec()
+	}
+	ss.cleanupConn(ss.conn)
+	ss.ws.CloseNow()
+}
+
+func (ss *session) cleanupConn(c *bridge.Conn) {
+	if c != nil {
+		ss.s.sessions.done(c.Key())
+		c.Release()
+	}
+}
+
+// wsSink feeds a session's queue from one subscription.
+type wsSink struct {
+	out *outbox
+	sid string
+}
+
+func (w *wsSink) Deliver(m *bridge.Msg) { w.out.push(w.sid, m) }
