@@ -57,9 +57,10 @@ type Conn struct {
 
 	// Publishes and subscriptions awaiting confirmation join the next
 	// flush round trip; one goroutine runs round trips while any wait.
-	cmu      sync.Mutex
-	next     *round
-	flushing bool
+	cmu        sync.Mutex
+	next       *round
+	flushing   bool
+	roundTrips atomic.Int64 // confirmation round trips made
 
 	perms permissionLog
 
@@ -75,7 +76,7 @@ func newConn(p *Pool, key TokenKey) *Conn {
 	c := &Conn{
 		pool:      p,
 		key:       key,
-		name:      p.tokenName(key),
+		name:      key.String(),
 		dialed:    make(chan struct{}),
 		done:      make(chan struct{}),
 		subs:      make(map[string]*sharedSub),
@@ -311,6 +312,7 @@ func (c *Conn) flushLoop() {
 }
 
 func (c *Conn) flush() error {
+	c.roundTrips.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
 	defer cancel()
 	if err := c.nc.FlushWithContext(ctx); err != nil {
@@ -364,7 +366,7 @@ type Subscription struct {
 
 // Close ends the subscription; the NATS subscription goes when its last
 // sink does. Close is idempotent.
-func (s *Subscription) Close() { s.once.Do(func() { s.ss.remove(s.sink) }) }
+func (s *Subscription) Close() { s.once.Do(func() { s.ss.remove(s) }) }
 
 // sharedSub is one NATS subscription feeding one or more sinks. Sinks
 // subscribing to the same subject without a queue group share it, so each
@@ -374,7 +376,7 @@ func (s *Subscription) Close() { s.once.Do(func() { s.ss.remove(s.sink) }) }
 type sharedSub struct {
 	c              *Conn
 	subject, queue string
-	sinks          atomic.Pointer[[]Sink] // copy-on-write under c.smu
+	sinks          atomic.Pointer[[]*Subscription] // copy-on-write under c.smu
 	sub            *nats.Subscription
 	ready          chan struct{}
 	err            error
@@ -400,12 +402,13 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, sink Sink, 
 	create := queue != "" || ss == nil
 	if create {
 		ss = &sharedSub{c: c, subject: subject, queue: queue, ready: make(chan struct{})}
-		ss.sinks.Store(&[]Sink{})
+		ss.sinks.Store(&[]*Subscription{})
 		if queue == "" {
 			c.subs[subject] = ss
 		}
 	}
-	ss.addLocked(sink)
+	sub := &Subscription{ss: ss, sink: sink}
+	ss.addLocked(sub)
 	c.smu.Unlock()
 
 	if create {
@@ -414,21 +417,21 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, sink Sink, 
 	select {
 	case <-ss.ready:
 	case <-ctx.Done():
-		ss.remove(sink)
+		sub.Close()
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
 	}
 	if ss.err != nil {
-		ss.remove(sink)
+		sub.Close()
 		return nil, ss.err
 	}
-	return &Subscription{ss: ss, sink: sink}, nil
+	return sub, nil
 }
 
 // start subscribes and confirms; joiners wait on ready.
 func (ss *sharedSub) start() {
 	c := ss.c
 	seq := c.perms.seq()
-	sub, err := c.nc.QueueSubscribe(ss.subject, ss.queue, ss.onMsg)
+	nsub, err := c.nc.QueueSubscribe(ss.subject, ss.queue, ss.onMsg)
 	if err != nil {
 		err = mapPublishError(err)
 	} else {
@@ -440,7 +443,7 @@ func (ss *sharedSub) start() {
 		}
 	}
 	c.smu.Lock()
-	ss.sub, ss.err = sub, err
+	ss.sub, ss.err = nsub, err
 	// Every sink may have left while we waited; then nobody else will
 	// unsubscribe.
 	drop := err != nil || len(*ss.sinks.Load()) == 0
@@ -448,8 +451,8 @@ func (ss *sharedSub) start() {
 		delete(c.subs, ss.subject)
 	}
 	c.smu.Unlock()
-	if drop && sub != nil {
-		_ = sub.Unsubscribe()
+	if drop && nsub != nil {
+		_ = nsub.Unsubscribe()
 	}
 	close(ss.ready)
 }
@@ -457,23 +460,23 @@ func (ss *sharedSub) start() {
 func (ss *sharedSub) onMsg(nm *nats.Msg) {
 	m := fromNATS(nm)
 	for _, s := range *ss.sinks.Load() {
-		s.Deliver(m)
+		s.sink.Deliver(m)
 	}
 }
 
-func (ss *sharedSub) addLocked(s Sink) {
+func (ss *sharedSub) addLocked(s *Subscription) {
 	old := *ss.sinks.Load()
-	n := make([]Sink, len(old), len(old)+1)
+	n := make([]*Subscription, len(old), len(old)+1)
 	copy(n, old)
 	n = append(n, s)
 	ss.sinks.Store(&n)
 }
 
-func (ss *sharedSub) remove(s Sink) {
+func (ss *sharedSub) remove(s *Subscription) {
 	c := ss.c
 	c.smu.Lock()
 	old := *ss.sinks.Load()
-	n := make([]Sink, 0, len(old))
+	n := make([]*Subscription, 0, len(old))
 	for _, o := range old {
 		if o != s {
 			n = append(n, o)

@@ -122,7 +122,7 @@ func (e *Embedded) ClientURL() string {
 }
 
 // Ready reports whether the server is running and accepting clients.
-func (e *Embedded) Ready() bool { return e.s.Running() && e.s.ReadyForConnections(0) }
+func (e *Embedded) Ready() bool { return e.s.Running() }
 
 // TokenName returns the tokens-file name of the token with this key, when
 // the server knows it.
@@ -186,3 +186,7 @@ func (a slogAdapter) log(level slog.Level, format string, v []any) {
 		a.l.Log(context.Background(), level, fmt.Sprintf(format, v...))
 	}
 }
+
+// NumSubscriptions is the number of subscriptions the server holds, from
+// every client.
+func (e *Embedded) NumSubscriptions() uint32 { return e.s.NumSubscriptions() }

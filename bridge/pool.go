@@ -175,6 +175,7 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, err
 		}
 		c.nc = nc
+		c.name = p.tokenName(key) // known once the server has checked the token
 		c.refs = 1
 		close(c.dialed)
 		p.mu.Unlock()
