@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-		"testing"
+	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"

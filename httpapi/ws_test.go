@@ -248,8 +248,8 @@ func TestWSOperationErrorsKeepSessionOpen(t *testing.T) {
 		frame  map[string]any
 		status float64
 	}{
-		{map[string]any{"op": "sub", "subject": "x"}, 400},                       // no sid
-		{map[string]any{"op": "sub", "sid": "a", "subject": "a..b"}, 400},        // bad subject
+		{map[string]any{"op": "sub", "subject": "x"}, 400},                // no sid
+		{map[string]any{"op": "sub", "sid": "a", "subject": "a..b"}, 400}, // bad subject
 		{map[string]any{"op": "sub", "sid": "a", "subject": "x", "queue": "a b"}, 400},
 		{map[string]any{"op": "unsub", "sid": "nope"}, 400},
 		{map[string]any{"op": "pub", "subject": "x.*", "id": "p"}, 400},
@@ -447,4 +447,3 @@ func TestWSPublishesKeepOrder(t *testing.T) {
 		}
 	}
 }
-
