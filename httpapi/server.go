@@ -68,8 +68,8 @@ type Config struct {
 	AllowedOrigins []string
 	// OpenAPI is the document served at /openapi.yaml.
 	OpenAPI []byte
-	// Assets holds index.html and client.js, served at / and /client.js.
-	// Nil serves neither.
+	// Assets holds the browser files: index.html (served at /), client.js,
+	// client.d.ts, console.js and console.css. Nil serves none.
 	Assets fs.FS
 	// WS configures WebSocket sessions.
 	WS WSConfig
@@ -189,7 +189,14 @@ func (s *Server) addRoutes() chi.Router {
 	r.Get("/openapi.yaml", handleOpenAPI(s.cfg.OpenAPI))
 	if s.cfg.Assets != nil {
 		r.Get("/", handleAsset(s.cfg.Assets, "index.html", "text/html; charset=utf-8"))
-		r.Get("/client.js", handleAsset(s.cfg.Assets, "client.js", "text/javascript; charset=utf-8"))
+		for name, ct := range map[string]string{
+			"client.js":   "text/javascript; charset=utf-8",
+			"client.d.ts": "application/typescript; charset=utf-8",
+			"console.js":  "text/javascript; charset=utf-8",
+			"console.css": "text/css; charset=utf-8",
+		} {
+			r.Get("/"+name, handleAsset(s.cfg.Assets, name, ct))
+		}
 	}
 	return r
 }
