@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// syncBuffer is an io.Writer safe for the gateway's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// started is a gateway run by run() in the test process.
+type started struct {
+	base, natsURL  string
+	stdout, stderr *syncBuffer
+	cancel         context.CancelFunc
+	done           chan error
+}
+
+var (
+	// Both log formats: addr=127.0.0.1:1 and "addr":"127.0.0.1:1".
+	addrRe = regexp.MustCompile(`natsgate listening"?,?\s?"?addr"?[=:]"?([0-9.]+:[0-9]+)`)
+	natsRe = regexp.MustCompile(`client_url"?[=:]"?(nats://[0-9.]+:[0-9]+)`)
+)
+
+// start runs the gateway with args (plus random ports) and waits until it
+// logs its address.
+func start(t *testing.T, env map[string]string, args ...string) *started {
+	t.Helper()
+	args = append([]string{"--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0"}, args...)
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &started{stdout: &syncBuffer{}, stderr: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	go func() { s.done <- run(ctx, args, func(k string) string { return env[k] }, s.stdout, s.stderr) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := addrRe.FindStringSubmatch(s.stderr.String()); m != nil {
+			s.base = "http://" + m[1]
+			break
+		}
+		select {
+		case err := <-s.done:
+			t.Fatalf("run returned early: %v\n%s", err, s.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gateway did not start:\n%s", s.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if m := natsRe.FindStringSubmatch(s.stderr.String()); m != nil {
+		s.natsURL = m[1]
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-s.done
+	})
+	return s
+}
+
+// stop cancels run's context and returns its error, bounded.
+func (s *started) stop(t *testing.T) error {
+	t.Helper()
+	s.cancel()
+	select {
+	case err := <-s.done:
+		s.done <- err // for the cleanup
+		return err
+	case <-time.After(20 * time.Second):
+		t.Fatal("run did not return within 20s of cancellation")
+		return nil
+	}
+}
+
+func post(t *testing.T, url, token, body string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func TestRunEndToEndWithGeneratedToken(t *testing.T) {
+	s := start(t, nil)
+	m := regexp.MustCompile(`Bearer ([A-Za-z0-9_-]{20,})'`).FindStringSubmatch(s.stdout.String())
+	if m == nil {
+		t.Fatalf("no generated token with a curl line on stdout:\n%s", s.stdout)
+	}
+	token := m[1]
+	if !strings.Contains(s.stdout.String(), "curl -H 'Authorization: Bearer "+token+"' -d 'hello' "+s.base+"/v1/publish/demo") {
+		t.Fatalf("no ready curl publish line:\n%s", s.stdout)
+	}
+
+	// A curl-style SSE subscriber and a native NATS subscriber both see
+	// what an HTTP POST publishes.
+	req, _ := http.NewRequest("GET", s.base+"/v1/subscribe/demo", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("subscribe: %v %v", err, resp)
+	}
+	lines := make(chan string, 16)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	if s.natsURL == "" {
+		t.Fatalf("no native NATS URL logged:\n%s", s.stderr)
+	}
+	nc, err := nats.Connect(s.natsURL, nats.Token(token))
+	if err != nil {
+		t.Fatalf("native client: %v", err)
+	}
+	defer nc.Close()
+	sub, _ := nc.SubscribeSync("demo")
+	nc.Flush()
+	if code := post(t, s.base+"/v1/publish/demo", token, "hello"); code != 204 {
+		t.Fatalf("publish: %d", code)
+	}
+	if msg, err := sub.NextMsg(2 * time.Second); err != nil || string(msg.Data) != "hello" {
+		t.Fatalf("native subscriber: %v %v", msg, err)
+	}
+	for l := range lines {
+		if l == `data: {"subject":"demo","data":"hello"}` {
+			break
+		}
+	}
+	if code := post(t, s.base+"/v1/publish/demo", "wrong", "x"); code != 401 {
+		t.Fatalf("wrong token: %d", code)
+	}
+
+	// Shutdown: the stream ends, run returns nil.
+	if err := s.stop(t); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	for range lines {
+	}
+	if strings.Contains(s.stderr.String(), token) {
+		t.Fatal("the generated token appears in the logs")
+	}
+	if !strings.Contains(s.stderr.String(), `msg=stopped`) {
+		t.Fatalf("no clean stop logged:\n%s", s.stderr)
+	}
+}
+
+func TestEnvironmentTwinsAndHelp(t *testing.T) {
+	s := start(t, map[string]string{"GATEWAY_TOKEN": "from-env", "GATEWAY_LOG_FORMAT": "json"})
+	if code := post(t, s.base+"/v1/publish/x", "from-env", ""); code != 204 {
+		t.Fatalf("GATEWAY_TOKEN not used: %d", code)
+	}
+	if strings.Contains(s.stdout.String(), "generated") {
+		t.Fatal("a token was generated although GATEWAY_TOKEN was set")
+	}
+	if !strings.Contains(s.stderr.String(), `{"time":`) {
+		t.Fatal("GATEWAY_LOG_FORMAT=json not used")
+	}
+
+	var out syncBuffer
+	if err := run(context.Background(), []string{"--help"}, func(string) string { return "" }, &out, &out); err != nil {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, want := range []string{"--listen", "GATEWAY_LISTEN", "--nats-url", "GATEWAY_NATS_URL", "--tokens-file",
+		"GATEWAY_TOKENS_FILE", "--nats-config", "--nats-listen", "GATEWAY_ALLOWED_ORIGINS", "--shutdown-timeout"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help does not mention %s", want)
+		}
+	}
+}
+
+func TestBadFlagsAreErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"--token", "a", "--tokens-file", "x.json"},
+		{"--tokens-file", "/does/not/exist.json"},
+		{"--log-format", "xml"},
+		{"stray"},
+	} {
+		err := run(context.Background(), append([]string{"--listen", "127.0.0.1:0", "--nats-listen", "off"}, args...),
+			func(string) string { return "" }, io.Discard, io.Discard)
+		if err == nil {
+			t.Errorf("%v: no error", args)
+		}
+	}
+	err := run(context.Background(), []string{"--max-tokens", "lots"}, func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil {
+		t.Error("a bad flag value is not an error")
+	}
+	err = run(context.Background(), nil, func(k string) string {
+		if k == "GATEWAY_MAX_TOKENS" {
+			return "lots"
+		}
+		return ""
+	}, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "GATEWAY_MAX_TOKENS") {
+		t.Errorf("a bad environment value: %v", err)
+	}
+}
