@@ -177,6 +177,17 @@ type validatingTransport struct {
 	base   http.RoundTripper
 }
 
+func init() {
+	// Text assets are validated as strings.
+	text := func(body io.Reader, _ http.Header, _ *openapi3.SchemaRef, _ openapi3filter.EncodingFn) (any, error) {
+		b, err := io.ReadAll(body)
+		return string(b), err
+	}
+	for _, ct := range []string{"text/html", "text/javascript", "text/css", "application/typescript"} {
+		openapi3filter.RegisterBodyDecoder(ct, text)
+	}
+}
+
 func newValidatingTransport(t testing.TB, serverURL string) *validatingTransport {
 	t.Helper()
 	loader := openapi3.NewLoader()
