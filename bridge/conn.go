@@ -46,6 +46,7 @@ type Conn struct {
 	name string
 	nc   *nats.Conn
 
+	revoked atomic.Bool   // set by Pool.Forget
 	dialed  chan struct{} // closed once the first connect attempt ended
 	dialErr error
 	done    chan struct{} // closed when the connection closed for good
@@ -134,9 +135,13 @@ func (c *Conn) notify(s Status) {
 	}
 }
 
-// ClosedByAuth reports whether the server closed the connection because
-// it no longer accepts the token.
+// ClosedByAuth reports whether the connection closed because the token
+// is no longer accepted: the server refused it on reconnect, or a
+// tokens-file reload removed or changed it (Pool.Forget).
 func (c *Conn) ClosedByAuth() bool {
+	if c.revoked.Load() {
+		return true
+	}
 	err := c.nc.LastError()
 	return err != nil && (errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthRevoked) || errors.Is(err, nats.ErrAuthExpired))
 }

@@ -307,6 +307,7 @@ func (p *Pool) Forget(keys ...TokenKey) {
 		if c := p.conns[k]; c != nil && c.nc != nil {
 			delete(p.conns, k)
 			c.removed = true
+			c.revoked.Store(true)
 			victims = append(victims, c)
 		}
 	}

@@ -91,7 +91,7 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 			return
 		}
 		defer c.Release()
-		body, err := readBody(w, r, s.cfg.MaxBatchBytes)
+		body, err := s.readBody(w, r, s.cfg.MaxBatchBytes)
 		if err != nil {
 			writeError(w, r, err)
 			return

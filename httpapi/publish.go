@@ -56,11 +56,13 @@ func natsHeaders(h http.Header) (map[string][]string, error) {
 	return out, nil
 }
 
-// readBody reads a request body of at most limit bytes.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+// readBody reads a request body of at most limit bytes within the body
+// timeout, so neither a large nor a slow body holds the gateway.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body of %d bytes, limit %d", bridge.ErrPayloadTooLarge, r.ContentLength, limit)
 	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
@@ -97,7 +99,7 @@ func (s *Server) handlePublish() http.HandlerFunc {
 			return
 		}
 		defer c.Release()
-		if m.Data, err = readBody(w, r, c.MaxPayload()); err != nil {
+		if m.Data, err = s.readBody(w, r, c.MaxPayload()); err != nil {
 			writeError(w, r, err)
 			return
 		}
@@ -177,7 +179,7 @@ func (s *Server) handleRequest() http.HandlerFunc {
 			return
 		}
 		defer c.Release()
-		if m.Data, err = readBody(w, r, c.MaxPayload()); err != nil {
+		if m.Data, err = s.readBody(w, r, c.MaxPayload()); err != nil {
 			writeError(w, r, err)
 			return
 		}

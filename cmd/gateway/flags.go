@@ -28,6 +28,7 @@ type config struct {
 	slowGrace           time.Duration
 	writeTimeout        time.Duration
 	readHeaderTimeout   time.Duration
+	bodyTimeout         time.Duration
 	maxBatchBytes       int64
 	authFailureLimit    int
 	allowedOrigins      string
@@ -72,6 +73,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.DurationVar(&c.slowGrace, "slow-consumer-grace", 5*time.Second, "close a client that keeps overflowing its queue this long")
 	fs.DurationVar(&c.writeTimeout, "write-timeout", 10*time.Second, "close a streaming client that takes longer than this to accept a write or answer a ping")
 	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
+	fs.DurationVar(&c.bodyTimeout, "body-timeout", 30*time.Second, "time allowed to send a request body")
 	fs.Int64Var(&c.maxBatchBytes, "max-batch-bytes", 16<<20, "largest batch publish body, in bytes")
 	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per client address per minute before 429 (negative: no limit)")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "browser origins allowed besides the gateway's own, comma-separated host patterns (CORS and WebSocket)")

@@ -4,14 +4,20 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 )
 
@@ -223,5 +229,97 @@ func TestBadFlagsAreErrors(t *testing.T) {
 	}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "GATEWAY_MAX_TOKENS") {
 		t.Errorf("a bad environment value: %v", err)
+	}
+}
+
+func TestSlowHeadersAreCutOff(t *testing.T) {
+	s := start(t, nil, "--token", "t", "--read-header-timeout", "300ms")
+	conn, err := net.Dial("tcp", strings.TrimPrefix(s.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST /v1/publish/x HTTP/1.1\r\nHost: x\r\n") // and never finish
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	_, err = io.ReadAll(conn)
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the gateway kept a connection with unfinished headers open for 5s")
+	}
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Fatalf("closed after %v, before the header timeout", d)
+	}
+}
+
+func TestTokensFileReloadOnSIGHUP(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tokens.json")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"tokens":[{"name":"keep","token":"keep-secret"},{"name":"drop","token":"drop-secret","publish":{"allow":["drop.>"]}}]}`)
+	s := start(t, nil, "--tokens-file", file)
+	if code := post(t, s.base+"/v1/publish/drop.x", "drop-secret", ""); code != 204 {
+		t.Fatalf("drop-secret before reload: %d", code)
+	}
+	if code := post(t, s.base+"/v1/publish/other", "drop-secret", ""); code != 403 {
+		t.Fatalf("drop-secret outside its permissions: %d", code)
+	}
+	wsURL := "ws" + strings.TrimPrefix(s.base, "http") + "/v1/ws"
+	dial := func(token string) *websocket.Conn {
+		c, _, err := websocket.Dial(context.Background(), wsURL, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + token}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, b, err := c.Read(context.Background()); err != nil || !strings.Contains(string(b), "connected") {
+			t.Fatalf("no connected frame: %s %v", b, err)
+		}
+		return c
+	}
+	keep, drop := dial("keep-secret"), dial("drop-secret")
+	defer keep.CloseNow()
+	defer drop.CloseNow()
+
+	// A broken file is refused and the old tokens stay.
+	write(`{"tokens":[`)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog(t, s, "tokens file reload failed")
+	if code := post(t, s.base+"/v1/publish/drop.x", "drop-secret", ""); code != 204 {
+		t.Fatalf("after a broken reload: %d", code)
+	}
+
+	write(`{"tokens":[{"name":"keep","token":"keep-secret"}]}`)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog(t, s, "tokens file reloaded")
+	var err error
+	for err == nil { // status frames may come first
+		_, _, err = drop.Read(context.Background())
+	}
+	if code := websocket.CloseStatus(err); code != 4401 {
+		t.Fatalf("removed token's session ended with %v, want close 4401", err)
+	}
+	if code := post(t, s.base+"/v1/publish/drop.x", "drop-secret", ""); code != 401 {
+		t.Fatalf("removed token: %d, want 401", code)
+	}
+	// The other token's session was not dropped.
+	keep.Write(context.Background(), websocket.MessageText, []byte(`{"op":"ping"}`))
+	if _, b, err := keep.Read(context.Background()); err != nil || !strings.Contains(string(b), "pong") {
+		t.Fatalf("kept token's session: %s %v", b, err)
+	}
+	if code := post(t, s.base+"/v1/publish/any", "keep-secret", ""); code != 204 {
+		t.Fatalf("kept token: %d", code)
+	}
+}
+
+func waitLog(t *testing.T, s *started, what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(s.stderr.String(), what) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log:\n%s", what, s.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
