@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -163,7 +164,8 @@ func (s *Server) handleWS() http.HandlerFunc {
 				return
 			}
 		}
-		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		uw := &upgradeWriter{ResponseWriter: w}
+		ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
 			OriginPatterns:  s.cfg.AllowedOrigins,
 			CompressionMode: websocket.CompressionDisabled,
 		})
@@ -174,8 +176,11 @@ func (s *Server) handleWS() http.HandlerFunc {
 			}
 			return
 		}
-		sess := newSession(s, ws, r.RemoteAddr, loggerFrom(r.Context()))
-		sess.run(c)
+		// The session runs on a goroutine of its own and this handler
+		// returns: the request, its buffers and the router's deep stack are
+		// not kept for the session's lifetime.
+		sess := newSession(s, ws, uw.conn, r.RemoteAddr, loggerFrom(r.Context()))
+		go sess.run(c)
 	}
 }
 
@@ -185,6 +190,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 type session struct {
 	s      *Server
 	ws     *websocket.Conn
+	netc   *corkedConn
 	remote string
 	logger *slog.Logger
 	ctx    context.Context
@@ -197,9 +203,9 @@ type session struct {
 	ping     *time.Timer
 }
 
-func newSession(s *Server, ws *websocket.Conn, remote string, logger *slog.Logger) *session {
+func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote string, logger *slog.Logger) *session {
 	ctx, cancel := context.WithCancel(context.Background())
-	sess := &session{s: s, ws: ws, remote: remote, logger: logger, ctx: ctx, cancel: cancel, subs: make(map[string]*bridge.Subscription)}
+	sess := &session{s: s, ws: ws, netc: netc, remote: remote, logger: logger, ctx: ctx, cancel: cancel}
 	sess.out = newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues("ws").Inc, func() { go sess.writeLoop() })
 	return sess
 }
@@ -207,6 +213,12 @@ func newSession(s *Server, ws *websocket.Conn, remote string, logger *slog.Logge
 // run serves the session until it ends, then releases everything it held.
 func (ss *session) run(c *bridge.Conn) {
 	s := ss.s
+	defer func() {
+		if p := recover(); p != nil {
+			ss.logger.Error("panic in WebSocket session", "panic_type", typeName(p), "stack", string(debug.Stack()))
+			ss.ws.CloseNow()
+		}
+	}()
 	if !s.track(ss) {
 		ss.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
 		ss.cleanupConn(c)
@@ -221,6 +233,7 @@ func (ss *session) run(c *bridge.Conn) {
 			if code != 0 {
 				ss.ws.Close(code, reason)
 			}
+			ss.ws.CloseNow()
 			return
 		}
 	}
@@ -374,6 +387,9 @@ func (ss *session) sub(f *frame) {
 	}
 	sub, err := ss.conn.Subscribe(ss.ctx, f.Subject, f.Queue, &wsSink{out: ss.out, sid: f.Sid}, s.cfg.MaxSubjectLen)
 	if err == nil {
+		if ss.subs == nil {
+			ss.subs = make(map[string]*bridge.Subscription)
+		}
 		ss.subs[f.Sid] = sub
 		s.metrics.subscriptions.Inc()
 	}
@@ -522,6 +538,7 @@ func (ss *session) writeLoop() {
 			return
 		}
 		ctx, cancel := context.WithTimeout(ss.ctx, s.cfg.WriteTimeout)
+		ss.netc.cork(s.cfg.WriteTimeout)
 		err := func() error {
 			for _, c := range b.ctrl {
 				if err := ss.ws.Write(ctx, websocket.MessageText, c); err != nil {
@@ -541,6 +558,9 @@ func (ss *session) writeLoop() {
 			}
 			return nil
 		}()
+		if uerr := ss.netc.uncork(); err == nil {
+			err = uerr
+		}
 		cancel()
 		if err == nil && b.behind > s.cfg.SlowConsumerGrace {
 			s.metrics.slowClosed.WithLabelValues("ws").Inc()

@@ -1,9 +1,12 @@
 package httpapi
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -445,5 +448,46 @@ func TestWSPublishesKeepOrder(t *testing.T) {
 		if string(m.Data) != fmt.Sprint(i) {
 			t.Fatalf("message %d arrived as %q: order lost", i, m.Data)
 		}
+	}
+}
+
+// TestWSFrameSentWithTheUpgradeIsNotLost sends the upgrade request and
+// the first frame in one TCP write, so the frame lands in net/http's
+// buffer before the hijack.
+func TestWSFrameSentWithTheUpgradeIsNotLost(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	host := strings.TrimPrefix(g.URL, "http://")
+	for range 20 {
+		conn, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload := []byte(`{"op":"connect","token":"` + adminToken + `"}`)
+		frame := []byte{0x81, 0x80 | 126, byte(len(payload) >> 8), byte(len(payload)), 1, 2, 3, 4}
+		for i, b := range payload {
+			frame = append(frame, b^[]byte{1, 2, 3, 4}[i%4])
+		}
+		req := "GET /v1/ws HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+		if _, err := conn.Write(append([]byte(req), frame...)); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		br := bufio.NewReader(conn)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade: %v %v", resp, err)
+		}
+		hdr := make([]byte, 2)
+		if _, err := io.ReadFull(br, hdr); err != nil {
+			t.Fatal(err)
+		}
+		body := make([]byte, hdr[1]&0x7f)
+		io.ReadFull(br, body)
+		if hdr[0] != 0x81 || !strings.Contains(string(body), `"op":"connected"`) {
+			t.Fatalf("first frame %x %q, want connected", hdr, body)
+		}
+		conn.Close()
 	}
 }
