@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"strconv"
@@ -60,6 +59,12 @@ func (c *WSConfig) setDefaults() {
 		c.MaxInflight = 256
 	}
 }
+
+// noDeadline is the context of a session's reads. Sessions end by closing
+// their socket, never by a read context: coder/websocket would register a
+// context.AfterFunc on every read, and close the socket without the
+// contract's close code when it fired.
+var noDeadline = context.Background()
 
 // connectFrameLimit bounds the frame read before authentication.
 const connectFrameLimit = 16 << 10
@@ -179,7 +184,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 		// The session runs on a goroutine of its own and this handler
 		// returns: the request, its buffers and the router's deep stack are
 		// not kept for the session's lifetime.
-		sess := newSession(s, ws, uw.conn, r.RemoteAddr, loggerFrom(r.Context()))
+		sess := newSession(s, ws, uw.conn, r.RemoteAddr, requestID(r.Context()))
 		go sess.run(c)
 	}
 }
@@ -192,7 +197,7 @@ type session struct {
 	ws     *websocket.Conn
 	netc   *corkedConn
 	remote string
-	logger *slog.Logger
+	reqID  string // the upgrade request's id, for logs
 	ctx    context.Context
 	cancel context.CancelFunc
 	conn   *bridge.Conn
@@ -203,9 +208,9 @@ type session struct {
 	ping     *time.Timer
 }
 
-func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote string, logger *slog.Logger) *session {
+func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote, reqID string) *session {
 	ctx, cancel := context.WithCancel(context.Background())
-	sess := &session{s: s, ws: ws, netc: netc, remote: remote, logger: logger, ctx: ctx, cancel: cancel}
+	sess := &session{s: s, ws: ws, netc: netc, remote: remote, reqID: reqID, ctx: ctx, cancel: cancel}
 	sess.out = newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues("ws").Inc, func() { go sess.writeLoop() })
 	return sess
 }
@@ -215,7 +220,7 @@ func (ss *session) run(c *bridge.Conn) {
 	s := ss.s
 	defer func() {
 		if p := recover(); p != nil {
-			ss.logger.Error("panic in WebSocket session", "panic_type", typeName(p), "stack", string(debug.Stack()))
+			s.logger.Error("panic in WebSocket session", "request_id", ss.reqID, "panic_type", typeName(p), "stack", string(debug.Stack()))
 			ss.ws.CloseNow()
 		}
 	}()
@@ -249,11 +254,15 @@ func (ss *session) run(c *bridge.Conn) {
 	ss.ws.SetReadLimit(limit)
 	stop := c.Watch(ss.onStatus)
 	defer stop()
-	ss.out.pushCtrl(ss.ctx, fmt.Appendf(nil, `{"op":"connected","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
-		c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
+	nats := "connected"
+	if !c.Connected() {
+		nats = "disconnected"
+	}
+	ss.out.pushCtrl(ss.ctx, fmt.Appendf(nil, `{"op":"connected","nats":"%s","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
+		nats, c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
 	ss.schedulePing()
 	for {
-		typ, data, err := ss.ws.Read(ss.ctx)
+		typ, data, err := ss.ws.Read(noDeadline)
 		if err != nil {
 			return
 		}
@@ -283,7 +292,7 @@ func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
 		ss.ws.Close(closeNoConnect, "no connect frame within "+s.cfg.WS.ConnectTimeout.String())
 	})
 	ss.ws.SetReadLimit(connectFrameLimit)
-	typ, data, err := ss.ws.Read(ss.ctx)
+	typ, data, err := ss.ws.Read(noDeadline)
 	if !timer.Stop() || err != nil {
 		return nil, 0, ""
 	}
@@ -523,8 +532,9 @@ func (ss *session) schedulePing() {
 }
 
 // writeLoop writes until the session's outbox is empty, then exits; the
-// outbox starts it again when something arrives. Each batch of writes has
-// WriteTimeout: a client that does not take them in time is closed.
+// outbox starts it again when something arrives. Each batch goes out in
+// one corked write with WriteTimeout: a client that does not take it in
+// time is closed.
 func (ss *session) writeLoop() {
 	s := ss.s
 	out := s.metrics.msgsOut.WithLabelValues("ws")
@@ -537,7 +547,10 @@ func (ss *session) writeLoop() {
 		if b, ok = ss.out.take(b); !ok {
 			return
 		}
-		ctx, cancel := context.WithTimeout(ss.ctx, s.cfg.WriteTimeout)
+		// Corked, the frames' writes only fill a buffer; the one write to
+		// the network has its own deadline, so the frames need no context
+		// (one would stay referenced by coder/websocket's writer).
+		ctx := noDeadline
 		ss.netc.cork(s.cfg.WriteTimeout)
 		err := func() error {
 			for _, c := range b.ctrl {
@@ -561,7 +574,6 @@ func (ss *session) writeLoop() {
 		if uerr := ss.netc.uncork(); err == nil {
 			err = uerr
 		}
-		cancel()
 		if err == nil && b.behind > s.cfg.SlowConsumerGrace {
 			s.metrics.slowClosed.WithLabelValues("ws").Inc()
 			ss.out.close()

@@ -22,6 +22,7 @@ import (
 	"github.com/natsgate/natsgate"
 	"github.com/natsgate/natsgate/bridge"
 	"github.com/natsgate/natsgate/httpapi"
+	"github.com/natsgate/natsgate/web"
 )
 
 var _ httpapi.Broker = (*bridge.Pool)(nil)
@@ -102,6 +103,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		AuthFailureLimit:  cfg.authFailureLimit,
 		AllowedOrigins:    splitList(cfg.allowedOrigins),
 		OpenAPI:           natsgate.OpenAPI,
+		Assets:            web.Assets,
 		WS: httpapi.WSConfig{
 			ConnectTimeout:      cfg.connectFrameTimeout,
 			MaxFrameBytes:       cfg.maxFrameBytes,

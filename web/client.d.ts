@@ -1,0 +1,152 @@
+// Types for client.js, the natsgate browser client (served at /client.js).
+
+/** NATS headers to send: a name to one value or several. */
+export type HeadersInit = Record<string, string | string[]> | Map<string, string | string[]> | Headers;
+
+/** A message as the gateway delivers it (README, "Message object"). */
+export interface Message {
+  subject: string;
+  reply: string | undefined;
+  headers: Record<string, string[]>;
+  /** The payload when it is valid UTF-8; undefined when it came as data_base64. */
+  data: string | undefined;
+  /** The payload's bytes, from data or data_base64. */
+  bytes: Uint8Array;
+  /** Parses the payload as JSON. */
+  json(): any;
+}
+
+/** Ends a subscription (resolves on the gateway's ok); carries its sid and subject. */
+export type Unsubscribe = (() => Promise<void>) & { readonly sid: string; readonly subject: string };
+
+export interface ConnectOptions {
+  /** The bearer token, sent only in the first frame; never in a URL, never stored. */
+  token: string;
+  /** WebSocket URL; default ws(s)://<page host>/v1/ws. http(s) URLs become ws(s); a bare origin gets /v1/ws. */
+  url?: string;
+  /** Reconnect after a reconnectable close (RECONNECT_CODES). Default true. */
+  reconnect?: boolean;
+  /** First backoff delay in ms (doubled per attempt, with jitter). Default 500. */
+  reconnectDelay?: number;
+  /** Backoff cap in ms. Default 30000. */
+  maxReconnectDelay?: number;
+  /** Least wait in ms after close code 4429. Default 30000. */
+  authLimitedDelay?: number;
+  /** Attempts per outage before giving up. Default Infinity. */
+  maxReconnectAttempts?: number;
+}
+
+export interface PublishOptions {
+  headers?: HeadersInit;
+  reply?: string;
+}
+
+export interface RequestOptions {
+  /** Timeout in ms, sent as timeout_ms. */
+  timeout?: number;
+  headers?: HeadersInit;
+}
+
+export interface SubscribeOptions {
+  queue?: string;
+}
+
+export type ClientState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
+
+/** The gateway's {"op":"connected",…} frame. */
+export interface ConnectedInfo {
+  op: 'connected';
+  max_payload: number;
+  max_frame_bytes: number;
+  max_subscriptions: number;
+  queue_bytes: number;
+}
+
+export interface ClientEvents {
+  connect: { info: ConnectedInfo; reconnected: boolean };
+  disconnect: { code: number; reason: string; willReconnect: boolean };
+  reconnecting: { attempt: number; delay: number; code: number };
+  /** The gateway confirmed a subscription; resubscribed when it was made again after a reconnect. */
+  subscribed: { sid: string; subject: string; resubscribed: boolean };
+  closed: { code: number; reason: string; error: NatsgateError };
+  error: { error: Error; sid?: string; subject?: string };
+  status: { op: 'status'; nats?: 'disconnected' | 'reconnected' | string; gateway?: string };
+  slowconsumer: { dropped: number; message: string };
+}
+
+/** Close codes after which the client reconnects by itself. */
+export const RECONNECT_CODES: readonly number[];
+/** Close codes that end the client for good. */
+export const FINAL_CODES: readonly number[];
+
+/** An error from the gateway or the connection. */
+export class NatsgateError extends Error {
+  constructor(message: string, info?: { status?: number; code?: number; reason?: string });
+  /** HTTP-like status (400, 401, 403, 413, 429, 503, 504 …), when there is one. */
+  status: number | undefined;
+  /** WebSocket close code, when the error comes from a close. */
+  code: number | undefined;
+  reason: string | undefined;
+}
+
+/** A WebSocket session with the gateway that reconnects by itself. Events are CustomEvents whose detail is ClientEvents[type]. */
+export class NatsgateClient extends EventTarget {
+  constructor(options: ConnectOptions);
+  readonly url: string;
+  state: ClientState;
+  /** The gateway's connected frame, once connected. */
+  info: ConnectedInfo | null;
+  readonly options: Required<Omit<ConnectOptions, 'token' | 'url'>>;
+  /** Opens the first session (connect() calls it). */
+  start(): Promise<NatsgateClient>;
+  /** Listens for an event; fn gets the detail. Returns a function removing the listener. */
+  on<K extends keyof ClientEvents>(type: K, fn: (detail: ClientEvents[K]) => void): () => void;
+  /** Resolves, once the gateway confirmed it, to a function that unsubscribes. Re-made (same sid) after every reconnect. */
+  subscribe(subject: string, handler: (m: Message) => void, opts?: SubscribeOptions): Promise<Unsubscribe>;
+  /**
+   * Resolves once the NATS server has the message; rejects with a NatsgateError (.status) otherwise.
+   * data: string as is; Uint8Array/ArrayBuffer/views as data_base64; anything else JSON.stringify-ed; undefined = empty.
+   */
+  publish(subject: string, data?: unknown, opts?: PublishOptions): Promise<void>;
+  /** Publishes JSON.stringify(value). */
+  publishJSON(subject: string, value: unknown, opts?: PublishOptions): Promise<void>;
+  /** Resolves to the reply; rejects with .status 503 (no responders), 504 (timeout), 403 … */
+  request(subject: string, data?: unknown, opts?: RequestOptions): Promise<Message>;
+  /** Round trip to the gateway. */
+  ping(): Promise<void>;
+  readonly subscriptions: Array<{ sid: string; subject: string; queue: string | undefined }>;
+  /** Closes for good (no reconnect). */
+  close(): void;
+}
+
+/** Opens a session; resolves once connected, rejects (NatsgateError with .code and .status) if the first attempt fails. */
+export function connect(options: ConnectOptions): Promise<NatsgateClient>;
+
+/** Builds a Message from a wire message object. */
+export function toMessage(wire: {
+  subject: string;
+  reply?: string;
+  headers?: Record<string, string[]>;
+  data?: string;
+  data_base64?: string;
+}): Message;
+
+export interface StreamOptions {
+  token: string;
+  subject: string;
+  /** The gateway's base URL; default this page's origin. */
+  url?: string;
+  queue?: string;
+  onMessage: (m: Message) => void;
+  /** The gateway confirmed the subscription (": subscribed"). */
+  onOpen?: () => void;
+  /** An "event: status" ({"op":"status",…}). */
+  onStatus?: (status: { op: 'status'; nats?: string; gateway?: string }) => void;
+  /** Any other comment, e.g. "slow consumer: 3 dropped". */
+  onComment?: (comment: string) => void;
+  /** Aborting ends the stream; the promise then resolves. */
+  signal?: AbortSignal;
+}
+
+/** Streams GET /v1/subscribe/{subject} (SSE over fetch, with the Authorization header). Resolves when it ends. */
+export function subscribeStream(opts: StreamOptions): Promise<void>;

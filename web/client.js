@@ -1,0 +1,783 @@
+// @ts-check
+/**
+ * natsgate browser client: a dependency-free ES module speaking the
+ * gateway's WebSocket protocol (README, "WebSocket protocol"), plus
+ * subscribeStream for GET /v1/subscribe over fetch().
+ *
+ * The token is sent only in the first frame, {"op":"connect","token":…}.
+ * It never goes into a URL and is never stored (no localStorage, no
+ * sessionStorage, no cookie): the client keeps it in a private field so
+ * that it can authenticate again after a reconnect.
+ *
+ *   import { connect } from '/client.js';
+ *   const nc = await connect({ token });
+ *   const unsubscribe = await nc.subscribe('orders.>', (m) => console.log(m.subject, m.data));
+ *   await nc.publish('orders.eu', 'hello');           // resolves once the NATS server has it
+ *   const reply = await nc.request('svc.echo', 'hi', { timeout: 2000 });
+ *   await unsubscribe();
+ *   nc.close();
+ *
+ * @module natsgate-client
+ */
+
+/**
+ * Close codes after which the client reconnects by itself.
+ * 1001 gateway shutting down, 1006 connection lost, 1008 slow consumer,
+ * 1011 internal error, 1012 service restart, 1013 try again later,
+ * 4429 too many failed authentications (after authLimitedDelay).
+ */
+export const RECONNECT_CODES = Object.freeze([1001, 1006, 1008, 1011, 1012, 1013, 4429]);
+
+/**
+ * Close codes that end the client for good: 1009 frame too large, 4400
+ * protocol misuse, 4401 token rejected or revoked, 4408 no connect frame
+ * in time.
+ */
+export const FINAL_CODES = Object.freeze([1009, 4400, 4401, 4408]);
+
+/**
+ * An error from the gateway or the connection. `status` is the HTTP-like
+ * status of the README's error table (403, 503, 504 …) when there is one;
+ * `code` is the WebSocket close code when the error comes from a close.
+ */
+export class NatsgateError extends Error {
+  /**
+   * @param {string} message
+   * @param {{status?: number, code?: number, reason?: string}} [info]
+   */
+  constructor(message, info = {}) {
+    super(message);
+    this.name = 'NatsgateError';
+    /** @type {number|undefined} */
+    this.status = info.status;
+    /** @type {number|undefined} */
+    this.code = info.code;
+    /** @type {string|undefined} */
+    this.reason = info.reason;
+  }
+}
+
+/**
+ * @typedef {Record<string, string|string[]>} HeadersInit
+ * NATS headers: a name to one value or several.
+ */
+
+/**
+ * @typedef {object} Message
+ * @property {string} subject
+ * @property {string|undefined} reply
+ * @property {Record<string, string[]>} headers
+ * @property {string|undefined} data the payload when it is valid UTF-8
+ * @property {Uint8Array} bytes the payload's bytes, from data or data_base64
+ * @property {() => any} json parses the payload as JSON
+ */
+
+/**
+ * @typedef {(() => Promise<void>) & {sid: string, subject: string}} Unsubscribe
+ * Ends a subscription (resolves on the gateway's ok); carries its sid and subject.
+ */
+
+/**
+ * @typedef {object} ConnectOptions
+ * @property {string} token the bearer token (required)
+ * @property {string} [url] the WebSocket URL; default ws(s)://<this page's host>/v1/ws.
+ *   An http(s) URL is turned into ws(s); a bare origin gets /v1/ws.
+ * @property {boolean} [reconnect=true] reconnect after a reconnectable close
+ * @property {number} [reconnectDelay=500] first backoff delay, ms
+ * @property {number} [maxReconnectDelay=30000] backoff cap, ms
+ * @property {number} [authLimitedDelay=30000] least wait after close code 4429, ms
+ * @property {number} [maxReconnectAttempts=Infinity] attempts per outage before giving up
+ */
+
+/**
+ * @typedef {object} PublishOptions
+ * @property {HeadersInit} [headers]
+ * @property {string} [reply]
+ */
+
+/**
+ * @typedef {object} RequestOptions
+ * @property {number} [timeout] ms; sent as timeout_ms (the gateway's default is 5 s, its bound 60 s)
+ * @property {HeadersInit} [headers]
+ */
+
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {string} [queue] queue group
+ */
+
+/** @typedef {'connecting'|'connected'|'reconnecting'|'closed'} ClientState */
+
+const te = new TextEncoder();
+const td = new TextDecoder();
+
+/** @param {Uint8Array} bytes */
+function toBase64(bytes) {
+  let s = '';
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    s += String.fromCharCode.apply(null, /** @type {any} */ (bytes.subarray(i, i + 0x8000)));
+  }
+  return btoa(s);
+}
+
+/** @param {string} b64 */
+function fromBase64(b64) {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/**
+ * Builds a message object from a wire message (README, "Message object").
+ * @param {any} f
+ * @returns {Message}
+ */
+export function toMessage(f) {
+  /** @type {string|undefined} */
+  const data = typeof f.data === 'string' ? f.data : undefined;
+  const bytes = data !== undefined ? te.encode(data)
+    : typeof f.data_base64 === 'string' ? fromBase64(f.data_base64) : new Uint8Array(0);
+  return {
+    subject: f.subject,
+    reply: f.reply || undefined,
+    headers: f.headers || {},
+    data,
+    bytes,
+    json() { return JSON.parse(data !== undefined ? data : td.decode(bytes)); },
+  };
+}
+
+/**
+ * Puts a payload into a frame: undefined → empty, a string → data,
+ * a Uint8Array / ArrayBuffer / other view → data_base64, anything else
+ * (numbers, objects, arrays, null) → JSON.stringify into data.
+ * @param {Record<string, any>} frame
+ * @param {any} data
+ */
+function setPayload(frame, data) {
+  if (data === undefined) return;
+  if (typeof data === 'string') frame.data = data;
+  else if (data instanceof Uint8Array) frame.data_base64 = toBase64(data);
+  else if (data instanceof ArrayBuffer) frame.data_base64 = toBase64(new Uint8Array(data));
+  else if (ArrayBuffer.isView(data)) frame.data_base64 = toBase64(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  else frame.data = JSON.stringify(data);
+}
+
+/**
+ * @param {any} h
+ * @returns {HeadersInit|undefined}
+ */
+function normHeaders(h) {
+  if (h == null) return undefined;
+  /** @type {Record<string, string[]>} */
+  const out = {};
+  const add = (/** @type {string} */ k, /** @type {any} */ v) => {
+    (out[k] ||= []).push(...(Array.isArray(v) ? v.map(String) : [String(v)]));
+  };
+  if (typeof h.forEach === 'function' && !Array.isArray(h)) h.forEach((/** @type {any} */ v, /** @type {string} */ k) => add(k, v)); // Map, Headers
+  else for (const [k, v] of Object.entries(h)) add(k, v);
+  return Object.keys(out).length ? out : undefined;
+}
+
+const URL_TOKEN_PARAMS = ['token', 'access_token', 'auth_token', 'bearer'];
+
+/**
+ * @param {string|undefined} url
+ * @param {string} path
+ * @param {boolean} ws
+ */
+function resolveURL(url, path, ws) {
+  const base = typeof location !== 'undefined' ? location.href : undefined;
+  const u = new URL(url || path, base);
+  if (ws && (u.protocol === 'http:' || u.protocol === 'https:')) u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (!ws && (u.protocol === 'ws:' || u.protocol === 'wss:')) u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+  if (url && (u.pathname === '/' || u.pathname === '')) u.pathname = path;
+  if (u.username || u.password || [...u.searchParams.keys()].some((k) => URL_TOKEN_PARAMS.includes(k.toLowerCase()))) {
+    throw new TypeError('natsgate: never put a token in a URL; pass it as the token option');
+  }
+  return u;
+}
+
+function checkToken(/** @type {unknown} */ token) {
+  if (typeof token !== 'string' || token === '') throw new TypeError('natsgate: a token is required');
+}
+
+/**
+ * @typedef {object} Sub
+ * @property {string} sid
+ * @property {string} subject
+ * @property {string|undefined} queue
+ * @property {(m: Message) => void} handler
+ * @property {{resolve: () => void, reject: (e: Error) => void} | null} waiter
+ */
+
+/**
+ * @typedef {object} Pending
+ * @property {'sub'|'unsub'|'pub'|'req'} kind
+ * @property {(v: any) => void} resolve
+ * @property {(e: Error) => void} reject
+ * @property {ReturnType<typeof setTimeout>} [timer]
+ */
+
+/**
+ * A WebSocket session with the gateway that reconnects by itself.
+ * Events (EventTarget; each a CustomEvent whose detail is described here,
+ * or use on(type, fn), which passes the detail):
+ * - connect: {info, reconnected} once the gateway sent "connected"
+ * - disconnect: {code, reason, willReconnect} the socket closed
+ * - reconnecting: {attempt, delay, code} a reconnect is scheduled
+ * - subscribed: {sid, subject, resubscribed} the gateway confirmed a
+ *   subscription (resubscribed: made again after a reconnect)
+ * - closed: {code, reason} the client is done for good
+ * - error: {error} an error frame without a pending call, a failed
+ *   re-subscription, or a handler that threw
+ * - status: the {"op":"status","nats":…} frame: the token's NATS
+ *   connection went away ("disconnected") or came back ("reconnected")
+ * - slowconsumer: {dropped, message} the gateway dropped messages
+ */
+export class NatsgateClient extends EventTarget {
+  /** @type {string} */
+  #token;
+  /** @type {WebSocket|null} */
+  #ws = null;
+  #seq = 0;
+  #sidSeq = 0;
+  #attempt = 0;
+  #everConnected = false;
+  #userClosed = false;
+  /** @type {ReturnType<typeof setTimeout>|null} */
+  #timer = null;
+  /** @type {Map<string, Sub>} */
+  #subs = new Map();
+  /** @type {Map<string, Pending>} */
+  #pending = new Map();
+  /** @type {Array<{resolve: () => void, reject: (e: Error) => void}>} */
+  #pings = [];
+  /** @type {{resolve: (c: NatsgateClient) => void, reject: (e: Error) => void}|null} */
+  #start = null;
+
+  /** @param {ConnectOptions} options */
+  constructor(options) {
+    super();
+    const o = options || /** @type {ConnectOptions} */ ({});
+    checkToken(o.token);
+    this.#token = o.token;
+    /** The WebSocket URL. */
+    this.url = resolveURL(o.url, '/v1/ws', true).href;
+    this.options = {
+      reconnect: o.reconnect !== false,
+      reconnectDelay: o.reconnectDelay ?? 500,
+      maxReconnectDelay: o.maxReconnectDelay ?? 30000,
+      authLimitedDelay: o.authLimitedDelay ?? 30000,
+      maxReconnectAttempts: o.maxReconnectAttempts ?? Infinity,
+    };
+    /** @type {ClientState} */
+    this.state = 'connecting';
+    /** The gateway's "connected" frame (max_payload, max_frame_bytes …), once connected. @type {any} */
+    this.info = null;
+  }
+
+  /**
+   * Opens the first session. connect() calls it.
+   * @returns {Promise<NatsgateClient>}
+   */
+  start() {
+    return new Promise((resolve, reject) => {
+      this.#start = { resolve, reject };
+      this.#open();
+    });
+  }
+
+  /**
+   * Listens for an event; fn gets the event's detail. Returns a function
+   * that removes the listener.
+   * @param {string} type
+   * @param {(detail: any) => void} fn
+   */
+  on(type, fn) {
+    const l = (/** @type {Event} */ e) => fn(/** @type {CustomEvent} */ (e).detail);
+    this.addEventListener(type, l);
+    return () => this.removeEventListener(type, l);
+  }
+
+  /** @param {string} type @param {any} detail */
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  #open() {
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (e) {
+      this.#finish(0, String(e), new NatsgateError(`natsgate: ${e}`));
+      return;
+    }
+    this.#ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify({ op: 'connect', token: this.#token }));
+    ws.onmessage = (ev) => { if (ws === this.#ws) this.#onFrame(ev.data); };
+    ws.onclose = (ev) => { if (ws === this.#ws) this.#onClose(ev.code, ev.reason); };
+  }
+
+  /** @param {Record<string, any>} f */
+  #send(f) {
+    const s = JSON.stringify(f);
+    const max = this.info && this.info.max_frame_bytes;
+    if (max && s.length * 3 > max && te.encode(s).length > max) {
+      // Sending it would close the session with 1009.
+      throw new NatsgateError(`frame of ${te.encode(s).length} bytes is over the gateway's max_frame_bytes (${max})`, { status: 413 });
+    }
+    /** @type {WebSocket} */ (this.#ws).send(s);
+  }
+
+  /** @param {any} raw */
+  #onFrame(raw) {
+    let f;
+    try {
+      f = JSON.parse(raw);
+    } catch {
+      this.#emit('error', { error: new NatsgateError('frame is not JSON') });
+      return;
+    }
+    switch (f.op) {
+      case 'connected': return this.#onConnected(f);
+      case 'msg': {
+        const sub = this.#subs.get(f.sid);
+        if (!sub) return;
+        try {
+          sub.handler(toMessage(f));
+        } catch (error) {
+          this.#emit('error', { error });
+        }
+        return;
+      }
+      case 'ok':
+      case 'reply':
+      case 'error': {
+        const p = f.id !== undefined ? this.#pending.get(f.id) : undefined;
+        if (!p) {
+          if (f.op !== 'error') return;
+          const m = /^slow consumer: (\d+) dropped/.exec(f.message || '');
+          if (m && f.status === 429) this.#emit('slowconsumer', { dropped: Number(m[1]), message: f.message });
+          else this.#emit('error', { error: new NatsgateError(f.message || 'error', { status: f.status }) });
+          return;
+        }
+        this.#pending.delete(f.id);
+        if (p.timer) clearTimeout(p.timer);
+        if (f.op === 'error') p.reject(new NatsgateError(f.message || 'error', { status: f.status }));
+        else p.resolve(f.op === 'reply' ? toMessage(f) : undefined);
+        return;
+      }
+      case 'status': return this.#emit('status', f);
+      case 'pong': {
+        const p = this.#pings.shift();
+        if (p) p.resolve();
+        return;
+      }
+    }
+  }
+
+  /** @param {any} info */
+  #onConnected(info) {
+    const reconnected = this.#everConnected;
+    this.info = info;
+    this.state = 'connected';
+    this.#everConnected = true;
+    this.#attempt = 0;
+    for (const sub of this.#subs.values()) {
+      try {
+        this.#sendSub(sub);
+      } catch (error) {
+        this.#emit('error', { error, sid: sub.sid, subject: sub.subject });
+      }
+    }
+    if (this.#start) {
+      this.#start.resolve(this);
+      this.#start = null;
+    }
+    this.#emit('connect', { info, reconnected });
+  }
+
+  /**
+   * @param {number} code
+   * @param {string} reason
+   */
+  #onClose(code, reason) {
+    this.#ws = null;
+    const wasConnected = this.state === 'connected';
+    this.#failPending(new NatsgateError(`connection closed (${code}${reason ? `: ${reason}` : ''})`, { status: 503, code, reason }));
+    if (wasConnected) this.state = 'reconnecting';
+    const canRetry = !this.#userClosed && this.#everConnected && this.options.reconnect &&
+      RECONNECT_CODES.includes(code) && this.#attempt < this.options.maxReconnectAttempts;
+    if (wasConnected || this.#userClosed) this.#emit('disconnect', { code, reason, willReconnect: canRetry });
+    if (!canRetry) {
+      this.#finish(code, reason, new NatsgateError(closeMessage(code, reason), { status: closeStatus(code), code, reason }));
+      return;
+    }
+    this.#attempt++;
+    let delay = Math.min(this.options.maxReconnectDelay, this.options.reconnectDelay * 2 ** (this.#attempt - 1));
+    delay = delay / 2 + Math.random() * delay / 2; // jitter: [delay/2, delay)
+    if (code === 4429) delay = Math.max(delay, this.options.authLimitedDelay);
+    this.#emit('reconnecting', { attempt: this.#attempt, delay, code });
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      if (!this.#userClosed) this.#open();
+    }, delay);
+  }
+
+  /**
+   * Ends the client for good.
+   * @param {number} code
+   * @param {string} reason
+   * @param {NatsgateError} err
+   */
+  #finish(code, reason, err) {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.#ws = null;
+    this.#token = '';
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    this.#failPending(err);
+    for (const sub of this.#subs.values()) {
+      if (sub.waiter) sub.waiter.reject(err);
+    }
+    this.#subs.clear();
+    if (this.#start) {
+      this.#start.reject(err);
+      this.#start = null;
+    }
+    this.#emit('closed', { code, reason, error: err });
+  }
+
+  /**
+   * Rejects what waits on the current session. Subscriptions stay: they
+   * are sent again on reconnect.
+   * @param {Error} err
+   */
+  #failPending(err) {
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of pending) {
+      if (p.timer) clearTimeout(p.timer);
+      if (p.kind !== 'sub') p.reject(err);
+    }
+    for (const p of this.#pings.splice(0)) p.reject(err);
+  }
+
+  #nextId() {
+    return `i${++this.#seq}`;
+  }
+
+  /**
+   * Sends a frame with a fresh id and waits for its answer.
+   * @param {'unsub'|'pub'|'req'} kind
+   * @param {Record<string, any>} f
+   * @param {number} [guardMs] rejects with 504 if nothing comes back in time
+   */
+  #call(kind, f, guardMs) {
+    if (this.state !== 'connected') {
+      return Promise.reject(new NatsgateError(`not connected (${this.state})`, { status: 503 }));
+    }
+    const id = this.#nextId();
+    return new Promise((resolve, reject) => {
+      /** @type {Pending} */
+      const p = { kind, resolve, reject };
+      if (guardMs) {
+        p.timer = setTimeout(() => {
+          this.#pending.delete(id);
+          reject(new NatsgateError('no answer from the gateway in time', { status: 504 }));
+        }, guardMs);
+      }
+      this.#pending.set(id, p);
+      try {
+        this.#send({ ...f, id });
+      } catch (e) {
+        this.#pending.delete(id);
+        if (p.timer) clearTimeout(p.timer);
+        reject(e);
+      }
+    });
+  }
+
+  /** @param {Sub} sub */
+  #sendSub(sub) {
+    const id = this.#nextId();
+    /** @type {Record<string, any>} */
+    const f = { op: 'sub', sid: sub.sid, subject: sub.subject, id };
+    if (sub.queue) f.queue = sub.queue;
+    this.#send(f); // answers arrive asynchronously, after the pending entry is set
+    this.#pending.set(id, {
+      kind: 'sub',
+      resolve: () => {
+        const resubscribed = !sub.waiter;
+        if (sub.waiter) sub.waiter.resolve();
+        sub.waiter = null;
+        this.#emit('subscribed', { sid: sub.sid, subject: sub.subject, resubscribed });
+      },
+      reject: (err) => {
+        if (this.#subs.get(sub.sid) === sub) this.#subs.delete(sub.sid);
+        if (sub.waiter) sub.waiter.reject(err);
+        else this.#emit('error', { error: err, sid: sub.sid, subject: sub.subject });
+        sub.waiter = null;
+      },
+    });
+  }
+
+  /**
+   * Subscribes. Resolves, once the gateway confirmed the subscription,
+   * to a function that unsubscribes. The subscription is made again, with
+   * the same sid, after every reconnect. If called while reconnecting, it
+   * is sent once connected.
+   * @param {string} subject may use * and a final >
+   * @param {(m: Message) => void} handler
+   * @param {SubscribeOptions} [opts]
+   * @returns {Promise<Unsubscribe>}
+   */
+  subscribe(subject, handler, opts = {}) {
+    if (this.state === 'closed') return Promise.reject(new NatsgateError('client is closed', { status: 503 }));
+    if (typeof handler !== 'function') return Promise.reject(new TypeError('natsgate: subscribe needs a handler'));
+    const sid = `s${++this.#sidSeq}`;
+    /** @type {Sub} */
+    const sub = { sid, subject, queue: opts.queue, handler, waiter: null };
+    const unsubscribe = async () => {
+      if (this.#subs.get(sid) !== sub) return;
+      this.#subs.delete(sid);
+      if (this.state !== 'connected') return;
+      try {
+        await this.#call('unsub', { op: 'unsub', sid });
+      } catch (e) {
+        if (/** @type {NatsgateError} */ (e).code === undefined) throw e; // a close ended the session, and the subscription with it
+      }
+    };
+    unsubscribe.sid = sid;
+    unsubscribe.subject = subject;
+    return new Promise((resolve, reject) => {
+      sub.waiter = { resolve: () => resolve(unsubscribe), reject };
+      this.#subs.set(sid, sub);
+      if (this.state === 'connected') {
+        try {
+          this.#sendSub(sub);
+        } catch (e) {
+          this.#subs.delete(sid);
+          reject(e);
+        }
+      }
+    });
+  }
+
+  /**
+   * Publishes, and resolves once the NATS server has the message (the
+   * gateway's ok); rejects with a NatsgateError carrying .status (400, 403,
+   * 413, 503 …) if it was refused or the connection dropped first.
+   * data: a string is sent as is; a Uint8Array/ArrayBuffer as data_base64;
+   * anything else is JSON.stringify-ed; undefined is an empty payload.
+   * @param {string} subject
+   * @param {any} [data]
+   * @param {PublishOptions} [opts]
+   * @returns {Promise<void>}
+   */
+  publish(subject, data, opts = {}) {
+    /** @type {Record<string, any>} */
+    const f = { op: 'pub', subject };
+    setPayload(f, data);
+    const headers = normHeaders(opts.headers);
+    if (headers) f.headers = headers;
+    if (opts.reply) f.reply = opts.reply;
+    return this.#call('pub', f);
+  }
+
+  /**
+   * Publishes a value as JSON (a string, too, is JSON-encoded).
+   * @param {string} subject
+   * @param {any} value
+   * @param {PublishOptions} [opts]
+   */
+  publishJSON(subject, value, opts = {}) {
+    return this.publish(subject, JSON.stringify(value), opts);
+  }
+
+  /**
+   * Sends a request and resolves to the reply message; rejects with
+   * .status 503 (no responders), 504 (timeout), 403 (forbidden) …
+   * @param {string} subject
+   * @param {any} [data] as for publish
+   * @param {RequestOptions} [opts]
+   * @returns {Promise<Message>}
+   */
+  request(subject, data, opts = {}) {
+    /** @type {Record<string, any>} */
+    const f = { op: 'req', subject };
+    setPayload(f, data);
+    const headers = normHeaders(opts.headers);
+    if (headers) f.headers = headers;
+    if (opts.timeout !== undefined) f.timeout_ms = Math.round(opts.timeout);
+    return this.#call('req', f, (opts.timeout ?? 60000) + 5000);
+  }
+
+  /**
+   * Round trip to the gateway.
+   * @returns {Promise<void>}
+   */
+  ping() {
+    if (this.state !== 'connected') return Promise.reject(new NatsgateError(`not connected (${this.state})`, { status: 503 }));
+    return new Promise((resolve, reject) => {
+      this.#pings.push({ resolve, reject });
+      this.#send({ op: 'ping' });
+    });
+  }
+
+  /** The sids and subjects of the active subscriptions. */
+  get subscriptions() {
+    return [...this.#subs.values()].map((s) => ({ sid: s.sid, subject: s.subject, queue: s.queue }));
+  }
+
+  /** Closes the session for good (no reconnect). */
+  close() {
+    if (this.state === 'closed') return;
+    this.#userClosed = true;
+    const ws = this.#ws;
+    if (ws && ws.readyState <= WebSocket.OPEN) {
+      ws.close(1000, 'client closed');
+      // Don't wait for the close handshake: end now.
+      this.#ws = null;
+      if (this.state === 'connected') this.#emit('disconnect', { code: 1000, reason: 'client closed', willReconnect: false });
+    }
+    this.#finish(1000, 'client closed', new NatsgateError('client closed', { code: 1000 }));
+  }
+}
+
+/** @param {number} code */
+function closeStatus(code) {
+  if (code >= 4400 && code < 4500) return code - 4000;
+  if (code === 1013) return 503;
+  if (code === 1009) return 413;
+  return undefined;
+}
+
+/** @param {number} code @param {string} reason */
+function closeMessage(code, reason) {
+  const what = {
+    1000: 'closed',
+    1001: 'gateway shutting down',
+    1006: 'connection lost or refused',
+    1008: 'slow consumer',
+    1009: 'frame over the size limit',
+    1013: 'try again later',
+    4400: 'malformed frame or protocol misuse',
+    4401: 'token rejected',
+    4408: 'no connect frame in time',
+    4429: 'too many failed authentications',
+  }[code] || 'connection closed';
+  return `natsgate: ${what} (${code})${reason ? `: ${reason}` : ''}`;
+}
+
+/**
+ * Opens a session; resolves once the gateway answered "connected", or
+ * rejects (a NatsgateError with .code, the close code, and .status: 401
+ * for a rejected token …) if the first attempt fails.
+ * @param {ConnectOptions} options
+ * @returns {Promise<NatsgateClient>}
+ */
+export function connect(options) {
+  try {
+    return new NatsgateClient(options).start();
+  } catch (e) {
+    return Promise.reject(e);
+  }
+}
+
+/**
+ * @typedef {object} StreamOptions
+ * @property {string} token
+ * @property {string} subject may use * and a final >
+ * @property {string} [url] the gateway's base URL; default this page's origin
+ * @property {string} [queue]
+ * @property {(m: Message) => void} onMessage
+ * @property {() => void} [onOpen] the gateway confirmed the subscription
+ * @property {(status: any) => void} [onStatus] an "event: status" ({"op":"status",…})
+ * @property {(comment: string) => void} [onComment] any other comment (e.g. "slow consumer: 3 dropped")
+ * @property {AbortSignal} [signal] aborting ends the stream (the promise resolves)
+ */
+
+/**
+ * Streams GET /v1/subscribe/{subject} as Server-Sent Events over fetch(),
+ * which, unlike EventSource, can send the Authorization header. Resolves
+ * when the stream ends (or is aborted); rejects with a NatsgateError
+ * carrying .status if the gateway refuses it.
+ * @param {StreamOptions} opts
+ * @returns {Promise<void>}
+ */
+export async function subscribeStream(opts) {
+  checkToken(opts.token);
+  const u = resolveURL(opts.url, '/', false);
+  u.pathname = `${u.pathname.replace(/\/+$/, '')}/v1/subscribe/${encodeURIComponent(opts.subject)}`;
+  if (opts.queue) u.searchParams.set('queue', opts.queue);
+  let resp;
+  try {
+    resp = await fetch(u.href, {
+      headers: { Authorization: `Bearer ${opts.token}`, Accept: 'text/event-stream' },
+      signal: opts.signal,
+      cache: 'no-store',
+      credentials: 'omit',
+    });
+  } catch (e) {
+    if (opts.signal && opts.signal.aborted) return;
+    throw new NatsgateError(`natsgate: ${e}`, { status: 503 });
+  }
+  if (!resp.ok || !resp.body) {
+    let detail = resp.statusText;
+    try {
+      const p = await resp.json();
+      detail = p.detail || p.title || detail;
+    } catch { /* not problem+json */ }
+    throw new NatsgateError(`natsgate: ${resp.status} ${detail}`, { status: resp.status });
+  }
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = '';
+  let event = '';
+  /** @type {string[]} */
+  let data = [];
+  const dispatch = () => {
+    if (data.length) {
+      const payload = JSON.parse(data.join('\n'));
+      if (event === 'status') opts.onStatus?.(payload);
+      else if (event === '' || event === 'message') opts.onMessage(toMessage(payload));
+    }
+    event = '';
+    data = [];
+  };
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.search(/\r\n|\r|\n/)) >= 0) {
+        if (buf[i] === '\r' && i === buf.length - 1) break; // a \r\n may be split across chunks
+        const line = buf.slice(0, i);
+        buf = buf.slice(buf[i] === '\r' && buf[i + 1] === '\n' ? i + 2 : i + 1);
+        if (line === '') {
+          dispatch();
+        } else if (line[0] === ':') {
+          const c = line.slice(1).trim();
+          if (c === 'subscribed') opts.onOpen?.();
+          else if (c !== 'keep-alive') opts.onComment?.(c);
+        } else {
+          const colon = line.indexOf(':');
+          const field = colon < 0 ? line : line.slice(0, colon);
+          let val = colon < 0 ? '' : line.slice(colon + 1);
+          if (val[0] === ' ') val = val.slice(1);
+          if (field === 'data') data.push(val);
+          else if (field === 'event') event = val;
+        }
+      }
+    }
+  } catch (e) {
+    if (opts.signal && opts.signal.aborted) return;
+    throw e;
+  } finally {
+    reader.releaseLock();
+  }
+}

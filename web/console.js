@@ -1,0 +1,312 @@
+// The natsgate console (served at /): a page over client.js. Everything
+// shown from the network goes in with textContent, never as HTML; the
+// token stays in this page's memory (and the client's) only.
+import { connect } from '/client.js';
+
+const MAX_LOG = 500;
+const MAX_ERRORS = 50;
+
+const $ = (/** @type {string} */ id) => /** @type {any} */ (document.getElementById(id));
+
+/** @type {import('./client.js').NatsgateClient | null} */
+let client = null;
+
+/**
+ * @param {string} tag
+ * @param {string} [cls]
+ * @param {string} [text]
+ */
+function el(tag, cls, text) {
+  const e = document.createElement(tag);
+  if (cls) e.className = cls;
+  if (text !== undefined) e.textContent = text;
+  return e;
+}
+
+function now() {
+  return new Date().toISOString().slice(11, 23);
+}
+
+/** @param {string} state */
+function setState(state) {
+  const s = $('state');
+  s.textContent = state;
+  s.dataset.state = state;
+  const busy = state === 'connected' || state === 'connecting' || state === 'reconnecting';
+  $('connect').disabled = busy;
+  $('disconnect').disabled = !busy;
+  $('token').disabled = busy;
+  for (const id of ['sub-add', 'pub-send', 'req-send']) $(id).disabled = state !== 'connected';
+}
+
+/** @param {string} state */
+function setNats(state) {
+  const s = $('nats-state');
+  s.textContent = state || '–';
+  s.dataset.state = state;
+}
+
+/** @param {unknown} err @param {string} [context] */
+function showError(err, context) {
+  const e = /** @type {any} */ (err);
+  let msg = e && e.message ? e.message : String(err);
+  if (e && e.status && !msg.includes(String(e.status))) msg = `${e.status}: ${msg}`;
+  const li = el('li', 'error');
+  li.append(el('time', 'time', now()), el('span', 'context', context || 'error'), el('span', 'message', msg));
+  const list = $('errors');
+  list.prepend(li);
+  while (list.children.length > MAX_ERRORS) list.lastElementChild.remove();
+}
+
+/**
+ * Parses headers typed as JSON ({"A":"1","B":["2","3"]}) or as
+ * "Name: value" lines (a repeated name gives several values).
+ * @param {string} text
+ * @returns {Record<string, string[]> | undefined}
+ */
+export function parseHeaders(text) {
+  const t = text.trim();
+  if (!t) return undefined;
+  /** @type {Record<string, string[]>} */
+  const out = {};
+  if (t.startsWith('{')) {
+    const obj = JSON.parse(t);
+    for (const [k, v] of Object.entries(obj)) out[k] = Array.isArray(v) ? v.map(String) : [String(v)];
+    return out;
+  }
+  for (const line of t.split(/\r?\n/)) {
+    if (!line.trim()) continue;
+    const i = line.indexOf(':');
+    if (i <= 0) throw new Error(`header line ${JSON.stringify(line)} is not "Name: value"`);
+    (out[line.slice(0, i).trim()] ||= []).push(line.slice(i + 1).trim());
+  }
+  return out;
+}
+
+/** @param {import('./client.js').Message} m */
+function payloadText(m) {
+  if (m.data !== undefined) return m.data;
+  const hex = Array.from(m.bytes.subarray(0, 256), (b) => b.toString(16).padStart(2, '0')).join(' ');
+  return `[${m.bytes.length} bytes] ${hex}${m.bytes.length > 256 ? ' …' : ''}`;
+}
+
+/** @param {Record<string, string[]>} h */
+function headersText(h) {
+  return Object.entries(h).map(([k, vs]) => vs.map((v) => `${k}: ${v}`).join('\n')).join('\n');
+}
+
+function logCount() {
+  $('log-count').textContent = String($('log').querySelectorAll('.entry.msg').length);
+}
+
+/** @param {HTMLElement} row */
+function addLog(row) {
+  const log = $('log');
+  log.prepend(row);
+  while (log.children.length > MAX_LOG) log.lastElementChild.remove();
+  logCount();
+}
+
+/**
+ * @param {import('./client.js').Message} m
+ * @param {string} sub the subscription's subject
+ */
+function logMessage(m, sub) {
+  const row = el('div', 'entry msg');
+  row.dataset.subject = m.subject;
+  row.dataset.sub = sub;
+  const meta = el('div', 'meta');
+  meta.append(el('time', 'time', now()), el('span', 'subject', m.subject));
+  if (m.reply) meta.append(el('span', 'reply', `reply: ${m.reply}`));
+  row.append(meta);
+  const h = headersText(m.headers);
+  if (h) row.append(el('pre', 'headers', h));
+  row.append(el('pre', m.data === undefined ? 'payload binary' : 'payload', payloadText(m)));
+  addLog(row);
+}
+
+/** @param {string} text @param {string} kind */
+function logNotice(text, kind) {
+  const row = el('div', `entry notice ${kind}`);
+  row.dataset.notice = text;
+  row.append(el('time', 'time', now()), el('span', 'text', text));
+  addLog(row);
+}
+
+function renderSubs() {
+  const list = $('subs');
+  list.replaceChildren();
+  if (!client) return;
+  for (const s of client.subscriptions) {
+    const li = el('li', 'sub');
+    li.dataset.sid = s.sid;
+    li.dataset.subject = s.subject;
+    const confirmed = unsubs.has(s.sid);
+    li.dataset.confirmed = String(confirmed);
+    li.append(el('span', 'subject', s.subject));
+    if (s.queue) li.append(el('span', 'queue', `queue ${s.queue}`));
+    if (!confirmed) li.append(el('span', 'pending', 'pending'));
+    const b = /** @type {HTMLButtonElement} */ (el('button', 'unsub small', 'unsubscribe'));
+    b.type = 'button';
+    b.addEventListener('click', () => {
+      const un = unsubs.get(s.sid);
+      unsubs.delete(s.sid);
+      if (un) un().catch((e) => showError(e, `unsubscribe ${s.subject}`)).finally(renderSubs);
+    });
+    li.append(b);
+    list.append(li);
+  }
+}
+
+/** @type {Map<string, () => Promise<void>>} */
+const unsubs = new Map();
+
+async function doConnect() {
+  const token = $('token').value;
+  if (!token) {
+    showError(new Error('enter a token'), 'connect');
+    return;
+  }
+  setState('connecting');
+  setNats('');
+  try {
+    const c = await connect({ token });
+    client = c;
+    c.on('connect', ({ info, reconnected }) => {
+      setState('connected');
+      $('info').textContent = `max_payload ${info.max_payload} B, max_subscriptions ${info.max_subscriptions}, queue ${info.queue_bytes} B`;
+      if (reconnected) {
+        setNats('connected');
+        logNotice('gateway reconnected', 'gateway');
+      }
+    });
+    c.on('disconnect', ({ code, reason, willReconnect }) => {
+      if (willReconnect) logNotice(`gateway disconnected (${code}${reason ? `: ${reason}` : ''}), reconnecting`, 'gateway');
+    });
+    c.on('subscribed', ({ subject, resubscribed }) => {
+      if (resubscribed) logNotice(`resubscribed ${subject}`, 'gateway');
+    });
+    c.on('reconnecting', ({ attempt, delay }) => {
+      setState('reconnecting');
+      $('info').textContent = `reconnecting: attempt ${attempt} in ${Math.round(delay)} ms`;
+    });
+    c.on('closed', ({ error, code }) => {
+      if (client !== c) return;
+      client = null;
+      unsubs.clear();
+      renderSubs();
+      setState('disconnected');
+      setNats('');
+      $('info').textContent = 'Not connected.';
+      if (code !== 1000) showError(error, 'connection');
+    });
+    c.on('status', (st) => {
+      if (st.nats) {
+        setNats(st.nats);
+        logNotice(`nats ${st.nats}`, 'status');
+      } else if (st.gateway) {
+        logNotice(`gateway ${st.gateway}`, 'status');
+      }
+    });
+    c.on('slowconsumer', ({ dropped }) => {
+      showError(new Error(`slow consumer: ${dropped} messages dropped`), 'gateway');
+      logNotice(`slow consumer: ${dropped} dropped`, 'warn');
+    });
+    c.on('error', ({ error, subject }) => showError(error, subject ? `subscription ${subject}` : 'gateway'));
+    setState('connected');
+    setNats('connected');
+    const info = c.info;
+    $('info').textContent = `max_payload ${info.max_payload} B, max_subscriptions ${info.max_subscriptions}, queue ${info.queue_bytes} B`;
+  } catch (e) {
+    client = null;
+    setState('disconnected');
+    showError(e, 'connect');
+  }
+}
+
+function doDisconnect() {
+  const c = client;
+  client = null;
+  unsubs.clear();
+  if (c) c.close();
+  renderSubs();
+  setState('disconnected');
+  setNats('');
+  $('info').textContent = 'Not connected.';
+}
+
+async function doSubscribe() {
+  const c = client;
+  const subject = $('sub-subject').value.trim();
+  const queue = $('sub-queue').value.trim();
+  if (!c || !subject) return;
+  const p = c.subscribe(subject, (m) => logMessage(m, subject), queue ? { queue } : {});
+  renderSubs();
+  try {
+    const un = await p;
+    unsubs.set(un.sid, un);
+    $('sub-subject').value = '';
+  } catch (e) {
+    showError(e, `subscribe ${subject}`);
+  }
+  renderSubs();
+}
+
+async function doPublish() {
+  const c = client;
+  if (!c) return;
+  const subject = $('pub-subject').value.trim();
+  const out = $('pub-result');
+  try {
+    const headers = parseHeaders($('pub-headers').value);
+    out.textContent = 'publishing…';
+    await c.publish(subject, $('pub-data').value, headers ? { headers } : {});
+    out.textContent = `${now()} published to ${subject}`;
+  } catch (e) {
+    out.textContent = 'failed';
+    showError(e, `publish ${subject}`);
+  }
+}
+
+async function doRequest() {
+  const c = client;
+  if (!c) return;
+  const subject = $('req-subject').value.trim();
+  const res = $('req-result');
+  res.className = 'result muted';
+  try {
+    const headers = parseHeaders($('req-headers').value);
+    const timeout = Number($('req-timeout').value) || undefined;
+    res.textContent = 'waiting for a reply…';
+    const m = await c.request(subject, $('req-data').value, { headers, timeout });
+    const h = headersText(m.headers);
+    res.className = 'result ok';
+    res.textContent = `${now()} reply from ${subject}\n${h ? `${h}\n\n` : ''}${payloadText(m)}`;
+  } catch (e) {
+    res.className = 'result failed';
+    const err = /** @type {any} */ (e);
+    res.textContent = `${now()} ${err.status ? `${err.status} ` : ''}${err.message}`;
+    showError(e, `request ${subject}`);
+  }
+}
+
+/** @param {string} id @param {() => unknown} fn */
+function onSubmit(id, fn) {
+  $(id).addEventListener('submit', (/** @type {Event} */ ev) => {
+    ev.preventDefault();
+    fn();
+  });
+}
+
+onSubmit('connect-form', doConnect);
+onSubmit('sub-form', doSubscribe);
+onSubmit('pub-form', doPublish);
+onSubmit('req-form', doRequest);
+$('disconnect').addEventListener('click', doDisconnect);
+$('log-clear').addEventListener('click', () => {
+  $('log').replaceChildren();
+  logCount();
+});
+$('errors-clear').addEventListener('click', () => $('errors').replaceChildren());
+setState('disconnected');
+document.documentElement.dataset.ready = 'true';
