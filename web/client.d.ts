@@ -56,6 +56,8 @@ export type ClientState = 'connecting' | 'connected' | 'reconnecting' | 'closed'
 /** The gateway's {"op":"connected",…} frame. */
 export interface ConnectedInfo {
   op: 'connected';
+  /** The token's NATS connection state when the session opened. */
+  nats: 'connected' | 'disconnected';
   max_payload: number;
   max_frame_bytes: number;
   max_subscriptions: number;
