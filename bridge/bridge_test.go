@@ -525,3 +525,38 @@ func TestBcryptTokensAndReload(t *testing.T) {
 		t.Fatalf("removed token = %v, want ErrUnauthorized", err)
 	}
 }
+
+// TestPublishSpanningAReconnectIsNotConfirmed: nats.go carries a flush's
+// PING over a reconnect, so the new server's PONG would "confirm" a
+// message the old connection lost.
+func TestPublishSpanningAReconnectIsNotConfirmed(t *testing.T) {
+	t.Parallel()
+	e := startEmbedded(t, testTokens())
+	url := e.ClientURL()
+	p := newTestPool(t, Config{URL: url, ReconnectWait: 20 * time.Millisecond})
+	c := mustAcquire(t, p, adminToken)
+	confirm, err := c.PublishStart(&Msg{Subject: "x", Data: []byte("in flight")}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = e.Shutdown(context.Background())
+	for c.Connected() {
+		time.Sleep(time.Millisecond)
+	}
+	e2, err := StartEmbedded(EmbeddedConfig{Listen: strings.TrimPrefix(url, "nats://"), Tokens: testTokens()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = e2.Shutdown(context.Background()) })
+	deadline := time.Now().Add(5 * time.Second)
+	for !c.Connected() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err := confirm(context.Background()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("confirm across a reconnect = %v, want ErrUnavailable", err)
+	}
+	// After the reconnect, publishing is confirmed again.
+	if err := c.Publish(context.Background(), &Msg{Subject: "x"}, 0); err != nil {
+		t.Fatalf("publish after reconnect: %v", err)
+	}
+}

@@ -195,7 +195,7 @@ func (c *Conn) Publish(ctx context.Context, m *Msg, maxSubject int) error {
 // one round trip. errs[i] is nil when msgs[i] reached the server.
 func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (errs []error) {
 	errs = make([]error, len(msgs))
-	seq := c.perms.seq()
+	seq, rc := c.perms.seq(), c.reconnects()
 	sent := false
 	for i, m := range msgs {
 		if errs[i] = c.check(m, maxSubject); errs[i] != nil {
@@ -210,7 +210,10 @@ func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (e
 	if !sent {
 		return errs
 	}
-	cerr := c.confirm(ctx)
+	after, cerr := c.confirm(ctx)
+	if cerr == nil && after != rc {
+		cerr = errLostInReconnect
+	}
 	for i, m := range msgs {
 		if errs[i] == nil {
 			if cerr != nil {
@@ -272,16 +275,18 @@ func (c *Conn) Request(ctx context.Context, m *Msg, timeout time.Duration, maxSu
 	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
-// round is one flush round trip; err is set before done is closed.
+// round is one flush round trip; err and reconnects are set before done
+// is closed.
 type round struct {
-	done chan struct{}
-	err  error
+	done       chan struct{}
+	err        error
+	reconnects uint64 // the connection's reconnect count when the PONG came
 }
 
 // confirm waits until the server has processed everything this
 // connection sent before the call: one PING/PONG, shared by all callers
 // that arrive while the previous round trip is under way.
-func (c *Conn) confirm(ctx context.Context) error {
+func (c *Conn) confirm(ctx context.Context) (reconnects uint64, err error) {
 	c.cmu.Lock()
 	if c.next == nil {
 		c.next = &round{done: make(chan struct{})}
@@ -294,11 +299,21 @@ func (c *Conn) confirm(ctx context.Context) error {
 	c.cmu.Unlock()
 	select {
 	case <-r.done:
-		return r.err
+		return r.reconnects, r.err
 	case <-ctx.Done():
-		return fmt.Errorf("%w: gave up waiting for NATS to confirm: %v", ErrUnavailable, ctx.Err())
+		return 0, fmt.Errorf("%w: gave up waiting for NATS to confirm: %v", ErrUnavailable, ctx.Err())
 	}
 }
+
+// reconnects is how often the connection has reconnected; nats.go counts
+// a reconnect before it sends anything to the new server.
+func (c *Conn) reconnects() uint64 { return c.nc.Stats().Reconnects }
+
+// errLostInReconnect: nats.go keeps a flush's PING across a reconnect and
+// sends it to the new server, whose PONG says nothing about messages the
+// old connection lost. A publish whose round trip spans a reconnect is
+// therefore not confirmed.
+var errLostInReconnect = fmt.Errorf("%w: the NATS connection was lost before the server confirmed the message; it may not have arrived", ErrUnavailable)
 
 func (c *Conn) flushLoop() {
 	for {
@@ -312,12 +327,16 @@ func (c *Conn) flushLoop() {
 		}
 		c.cmu.Unlock()
 		r.err = c.flush()
+		r.reconnects = c.reconnects()
 		close(r.done)
 	}
 }
 
 func (c *Conn) flush() error {
 	c.roundTrips.Add(1)
+	if !c.nc.IsConnected() { // a PING now would wait for the reconnect
+		return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
 	defer cancel()
 	if err := c.nc.FlushWithContext(ctx); err != nil {
@@ -441,7 +460,7 @@ func (ss *sharedSub) start() {
 		err = mapPublishError(err)
 	} else {
 		ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
-		err = c.confirm(ctx)
+		_, err = c.confirm(ctx) // a reconnect meanwhile is harmless: nats.go resubscribes
 		cancel()
 		if err == nil {
 			err = c.perms.subscribeDenied(seq, ss.subject, ss.queue)
@@ -509,13 +528,17 @@ func (c *Conn) PublishStart(m *Msg, maxSubject int) (confirm func(context.Contex
 	if err := c.check(m, maxSubject); err != nil {
 		return nil, err
 	}
-	seq := c.perms.seq()
+	seq, rc := c.perms.seq(), c.reconnects()
 	if err := c.nc.PublishMsg(m.toNATS()); err != nil {
 		return nil, mapPublishError(err)
 	}
 	return func(ctx context.Context) error {
-		if err := c.confirm(ctx); err != nil {
+		after, err := c.confirm(ctx)
+		switch {
+		case err != nil:
 			return err
+		case after != rc:
+			return errLostInReconnect
 		}
 		return c.perms.publishDenied(seq, m.Subject, m.Reply)
 	}, nil

@@ -1,9 +1,10 @@
 package httpapi
 
 import (
-	"context"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsgate/natsgate/bridge"
 )
@@ -46,9 +47,9 @@ const maxKeptCap = 256
 // to non-empty it calls wake, which starts (or signals) the writer; the
 // writer keeps taking until take reports the outbox empty.
 type outbox struct {
-	limit  int
-	onDrop func()
-	wake   func()
+	limit int
+	drops prometheus.Counter
+	waker interface{ wake() }
 
 	mu          sync.Mutex
 	ctrl        [][]byte
@@ -59,11 +60,21 @@ type outbox struct {
 	behindSince time.Time // first drop of the current run of drops
 	running     bool      // a writer has been woken and has not seen the outbox empty
 	closed      bool
-	space       chan struct{} // closed and replaced whenever the writer takes
+	space       chan struct{} // made when a producer must wait; closed when the writer takes
 }
 
-func newOutbox(limit int, onDrop, wake func()) *outbox {
-	return &outbox{limit: limit, onDrop: onDrop, wake: wake, space: make(chan struct{})}
+func newOutbox(limit int, drops prometheus.Counter, waker interface{ wake() }) *outbox {
+	return &outbox{limit: limit, drops: drops, waker: waker}
+}
+
+// chanWaker wakes a writer that waits on a channel.
+type chanWaker chan struct{}
+
+func (c chanWaker) wake() {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
 }
 
 // wakeLocked marks the writer running; the caller calls wake after
@@ -92,7 +103,7 @@ func (o *outbox) push(sid string, m *bridge.Msg) {
 			o.behindSince = time.Now()
 		}
 		o.mu.Unlock()
-		o.onDrop()
+		o.drops.Inc()
 		return
 	}
 	o.items = append(o.items, outItem{sid: sid, msg: m, size: size})
@@ -100,13 +111,13 @@ func (o *outbox) push(sid string, m *bridge.Msg) {
 	wake := o.wakeLocked()
 	o.mu.Unlock()
 	if wake {
-		o.wake()
+		o.waker.wake()
 	}
 }
 
 // pushCtrl queues a control frame, waiting while the control lane is over
-// its bound, until ctx ends or the outbox closes.
-func (o *outbox) pushCtrl(ctx context.Context, b []byte) {
+// its bound, until the writer takes or the outbox closes.
+func (o *outbox) pushCtrl(b []byte) {
 	for {
 		o.mu.Lock()
 		if o.closed {
@@ -119,17 +130,16 @@ func (o *outbox) pushCtrl(ctx context.Context, b []byte) {
 			wake := o.wakeLocked()
 			o.mu.Unlock()
 			if wake {
-				o.wake()
+				o.waker.wake()
 			}
 			return
 		}
+		if o.space == nil {
+			o.space = make(chan struct{})
+		}
 		space := o.space
 		o.mu.Unlock()
-		select {
-		case <-space:
-		case <-ctx.Done():
-			return
-		}
+		<-space
 	}
 }
 
@@ -146,7 +156,7 @@ func (o *outbox) tryCtrl(b []byte) {
 	wake := o.wakeLocked()
 	o.mu.Unlock()
 	if wake {
-		o.wake()
+		o.waker.wake()
 	}
 }
 
@@ -186,8 +196,10 @@ func (o *outbox) take(prev batch) (b batch, ok bool) {
 			b.behind = time.Since(o.behindSince)
 		}
 	}
-	close(o.space)
-	o.space = make(chan struct{})
+	if o.space != nil {
+		close(o.space)
+		o.space = nil
+	}
 	return b, true
 }
 
@@ -201,5 +213,8 @@ func (o *outbox) close() {
 	}
 	o.closed = true
 	o.ctrl, o.items = nil, nil
-	close(o.space)
+	if o.space != nil {
+		close(o.space)
+		o.space = nil
+	}
 }

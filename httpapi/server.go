@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/natsgate/natsgate/bridge"
 )
@@ -111,13 +112,15 @@ func (c *Config) setDefaults() {
 
 // Server is the gateway's HTTP handler.
 type Server struct {
-	logger   *slog.Logger
-	broker   Broker
-	cfg      Config
-	metrics  *Metrics
-	failures *failureLimiter
-	router   chi.Router
-	sessions *sessionCounter
+	logger  *slog.Logger
+	broker  Broker
+	cfg     Config
+	metrics *Metrics
+	// wsDropped counts messages dropped for WebSocket slow consumers.
+	wsDropped prometheus.Counter
+	failures  *failureLimiter
+	router    chi.Router
+	sessions  *sessionCounter
 
 	closing   chan struct{} // closed by Shutdown
 	closeOnce sync.Once
@@ -139,6 +142,7 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 		closing:  make(chan struct{}),
 		live:     make(map[*session]struct{}),
 	}
+	s.wsDropped = s.metrics.dropped.WithLabelValues("ws")
 	s.router = s.addRoutes()
 	return s
 }

@@ -15,18 +15,6 @@ type streamSink struct{ o *outbox }
 
 func (s *streamSink) Deliver(m *bridge.Msg) { s.o.push("", m) }
 
-// signal returns a channel with room for one wake-up, and the function
-// that wakes it without blocking.
-func signal() (chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	return ch, func() {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
-
 // notice is an out-of-band line of a stream: an error (slow consumer) or
 // a status change, as a JSON object with an "op" and as plain text.
 type notice struct {
@@ -121,9 +109,8 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 			return
 		}
 		defer c.Release()
-		dropped := s.metrics.dropped.WithLabelValues(f.name())
-		wake, wakeFn := signal()
-		box := newOutbox(s.cfg.QueueBytes, dropped.Inc, wakeFn)
+		wake := make(chanWaker, 1)
+		box := newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues(f.name()), wake)
 		defer box.close()
 		sub, err := c.Subscribe(r.Context(), subject, queue, &streamSink{o: box}, s.cfg.MaxSubjectLen)
 		if err != nil {

@@ -197,8 +197,8 @@ type session struct {
 	ws     *websocket.Conn
 	netc   *corkedConn
 	remote string
-	reqID  string // the upgrade request's id, for logs
-	ctx    context.Context
+	reqID  string          // the upgrade request's id, for logs
+	ctx    context.Context // made on first use by the reader (context); nil for idle sessions
 	cancel context.CancelFunc
 	conn   *bridge.Conn
 
@@ -209,11 +209,24 @@ type session struct {
 }
 
 func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote, reqID string) *session {
-	ctx, cancel := context.WithCancel(context.Background())
-	sess := &session{s: s, ws: ws, netc: netc, remote: remote, reqID: reqID, ctx: ctx, cancel: cancel}
-	sess.out = newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues("ws").Inc, func() { go sess.writeLoop() })
+	sess := &session{s: s, ws: ws, netc: netc, remote: remote, reqID: reqID}
+	sess.out = newOutbox(s.cfg.QueueBytes, s.wsDropped, sess)
 	return sess
 }
+
+// context is the session's context, ended when the session ends. It is
+// made on first use, so an idle session does not hold one; reader
+// goroutine only.
+func (ss *session) context() context.Context {
+	if ss.ctx == nil {
+		ss.ctx, ss.cancel = context.WithCancel(context.Background())
+	}
+	return ss.ctx
+}
+
+// wake starts the writer; the outbox calls it when it has something to
+// write and no writer is running.
+func (ss *session) wake() { go ss.writeLoop() }
 
 // run serves the session until it ends, then releases everything it held.
 func (ss *session) run(c *bridge.Conn) {
@@ -230,7 +243,6 @@ func (ss *session) run(c *bridge.Conn) {
 		return
 	}
 	defer s.untrack(ss)
-	defer ss.cancel()
 	if c == nil {
 		var code websocket.StatusCode
 		var reason string
@@ -258,7 +270,7 @@ func (ss *session) run(c *bridge.Conn) {
 	if !c.Connected() {
 		nats = "disconnected"
 	}
-	ss.out.pushCtrl(ss.ctx, fmt.Appendf(nil, `{"op":"connected","nats":"%s","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
+	ss.out.pushCtrl(fmt.Appendf(nil, `{"op":"connected","nats":"%s","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
 		nats, c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
 	ss.schedulePing()
 	for {
@@ -312,7 +324,7 @@ func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
 		s.metrics.authFailures.WithLabelValues("missing").Inc()
 		return nil, closeUnauthorized, "missing or malformed token"
 	}
-	c, err := s.connect(ss.ctx, ss.remote, tok)
+	c, err := s.connect(context.Background(), ss.remote, tok)
 	if err == nil {
 		if err = s.sessions.add(c.Key()); err != nil {
 			c.Release()
@@ -354,7 +366,7 @@ func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 	case "req":
 		ss.req(f)
 	case "ping":
-		ss.out.pushCtrl(ss.ctx, []byte(`{"op":"pong"}`))
+		ss.out.pushCtrl([]byte(`{"op":"pong"}`))
 	case "connect":
 		return closeMalformed, "already connected"
 	default:
@@ -378,7 +390,7 @@ func (ss *session) reply(f *frame, err error) {
 	if f.Sid != "" && (f.Op == "sub" || f.Op == "unsub") {
 		b = append(append(append(b, `,"sid":"`...), f.Sid...), '"')
 	}
-	ss.out.pushCtrl(ss.ctx, append(b, '}'))
+	ss.out.pushCtrl(append(b, '}'))
 }
 
 func (ss *session) sub(f *frame) {
@@ -394,7 +406,7 @@ func (ss *session) sub(f *frame) {
 		ss.reply(f, fmt.Errorf("%w: at most %d subscriptions per session", errTooMany, s.cfg.WS.MaxSubscriptions))
 		return
 	}
-	sub, err := ss.conn.Subscribe(ss.ctx, f.Subject, f.Queue, &wsSink{out: ss.out, sid: f.Sid}, s.cfg.MaxSubjectLen)
+	sub, err := ss.conn.Subscribe(ss.context(), f.Subject, f.Queue, &wsSink{out: ss.out, sid: f.Sid}, s.cfg.MaxSubjectLen)
 	if err == nil {
 		if ss.subs == nil {
 			ss.subs = make(map[string]*bridge.Subscription)
@@ -454,9 +466,10 @@ func (ss *session) pub(f *frame) {
 		ss.reply(f, err)
 		return
 	}
+	ctx := ss.context()
 	go func() {
 		defer ss.inflight.Add(-1)
-		err := confirm(ss.ctx)
+		err := confirm(ctx)
 		if err == nil {
 			s.metrics.msgsIn.WithLabelValues("ws").Inc()
 		}
@@ -486,9 +499,10 @@ func (ss *session) req(f *frame) {
 	if !ss.takeSlot(f) {
 		return
 	}
+	ctx := ss.context()
 	go func() {
 		defer ss.inflight.Add(-1)
-		rep, err := ss.conn.Request(ss.ctx, m, timeout, s.cfg.MaxSubjectLen)
+		rep, err := ss.conn.Request(ctx, m, timeout, s.cfg.MaxSubjectLen)
 		if err != nil {
 			ss.reply(f, err)
 			return
@@ -496,7 +510,7 @@ func (ss *session) req(f *frame) {
 		s.metrics.msgsIn.WithLabelValues("ws").Inc()
 		b := make([]byte, 0, len(`{"op":"reply","id":"",`)+len(f.ID)+len(rep.JSON()))
 		b = append(append(append(b, `{"op":"reply","id":"`...), f.ID...), `",`...)
-		ss.out.pushCtrl(ss.ctx, append(b, rep.JSONFields()...))
+		ss.out.pushCtrl(append(b, rep.JSONFields()...))
 	}()
 }
 
@@ -520,7 +534,7 @@ func (ss *session) onStatus(st bridge.Status) {
 // while idle) and closes a peer that does not answer within WriteTimeout.
 func (ss *session) schedulePing() {
 	ss.ping = time.AfterFunc(ss.s.cfg.KeepAlive, func() {
-		ctx, cancel := context.WithTimeout(ss.ctx, ss.s.cfg.WriteTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.WriteTimeout)
 		err := ss.ws.Ping(ctx)
 		cancel()
 		if err != nil {
@@ -596,7 +610,9 @@ func (ss *session) cleanup() {
 	if ss.ping != nil {
 		ss.ping.Stop()
 	}
-	ss.cancel()
+	if ss.cancel != nil {
+		ss.cancel()
+	}
 	ss.out.close()
 	for sid, sub := range ss.subs {
 		sub.Close()

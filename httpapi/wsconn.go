@@ -14,8 +14,8 @@ import (
 // each gets a small one: frames larger than the read buffer are read
 // straight into their destination, and writes go through corkedConn.
 const (
-	wsReadBuffer  = 512
-	wsWriteBuffer = 512
+	wsReadBuffer  = 256
+	wsWriteBuffer = 128
 	corkFlushAt   = 64 << 10
 )
 
