@@ -125,8 +125,9 @@ type Server struct {
 	closing   chan struct{} // closed by Shutdown
 	closeOnce sync.Once
 
-	liveMu sync.Mutex
-	live   map[*session]struct{} // open WebSocket sessions
+	liveMu    sync.Mutex
+	live      map[*session]struct{} // open WebSocket sessions
+	pingStart sync.Once
 }
 
 // NewServer returns the gateway's handler with every route of openapi.yaml.
@@ -223,6 +224,7 @@ func (s *Server) refuseWhileDraining(next http.Handler) http.Handler {
 // track registers a live WebSocket session so Shutdown can close it; it
 // is false once the gateway is shutting down.
 func (s *Server) track(ss *session) bool {
+	s.pingStart.Do(func() { go s.pinger() })
 	s.liveMu.Lock()
 	defer s.liveMu.Unlock()
 	if s.draining() {
@@ -230,6 +232,37 @@ func (s *Server) track(ss *session) bool {
 	}
 	s.live[ss] = struct{}{}
 	return true
+}
+
+// pinger sends every session a keep-alive ping each KeepAlive, from one
+// goroutine for all sessions (a timer each would cost every idle session
+// memory). Sessions opened at different times are due at different
+// times, so pings spread over the interval; each ping runs on a goroutine
+// of its own, which lives until the pong. It stops when the server shuts
+// down.
+func (s *Server) pinger() {
+	tick := time.NewTicker(max(s.cfg.KeepAlive/8, 10*time.Millisecond))
+	defer tick.Stop()
+	var due []*session
+	for {
+		select {
+		case <-s.closing:
+			return
+		case now := <-tick.C:
+			s.liveMu.Lock()
+			for ss := range s.live {
+				if ss.pingDue(now.UnixNano()) {
+					due = append(due, ss)
+				}
+			}
+			s.liveMu.Unlock()
+			for _, ss := range due {
+				go ss.ping()
+			}
+			clear(due)
+			due = due[:0]
+		}
+	}
 }
 
 func (s *Server) untrack(ss *session) {

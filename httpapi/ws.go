@@ -189,9 +189,10 @@ func (s *Server) handleWS() http.HandlerFunc {
 	}
 }
 
-// session is one WebSocket connection. The handler goroutine reads; a
-// writer goroutine runs only while there is something to write; keep-alive
-// pings run from a timer. An idle session therefore holds one goroutine.
+// session is one WebSocket connection. One goroutine reads; a writer
+// goroutine runs only while there is something to write; the server's
+// pinger sends keep-alive pings. An idle session therefore holds one
+// goroutine and no timer.
 type session struct {
 	s      *Server
 	ws     *websocket.Conn
@@ -205,7 +206,7 @@ type session struct {
 	out      *outbox
 	inflight atomic.Int32
 	subs     map[string]*bridge.Subscription // by sid; reader goroutine only
-	ping     *time.Timer
+	pingAt   atomic.Int64                    // unix ns of the next keep-alive ping; 0 while one is under way or before connect
 }
 
 func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote, reqID string) *session {
@@ -272,7 +273,7 @@ func (ss *session) run(c *bridge.Conn) {
 	}
 	ss.out.pushCtrl(fmt.Appendf(nil, `{"op":"connected","nats":"%s","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
 		nats, c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
-	ss.schedulePing()
+	ss.pingAt.Store(time.Now().Add(s.cfg.KeepAlive).UnixNano())
 	for {
 		typ, data, err := ss.ws.Read(noDeadline)
 		if err != nil {
@@ -530,19 +531,24 @@ func (ss *session) onStatus(st bridge.Status) {
 	}()
 }
 
-// schedulePing pings the client every KeepAlive from a timer (no goroutine
-// while idle) and closes a peer that does not answer within WriteTimeout.
-func (ss *session) schedulePing() {
-	ss.ping = time.AfterFunc(ss.s.cfg.KeepAlive, func() {
-		ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.WriteTimeout)
-		err := ss.ws.Ping(ctx)
-		cancel()
-		if err != nil {
-			ss.ws.CloseNow()
-			return
-		}
-		ss.ping.Reset(ss.s.cfg.KeepAlive)
-	})
+// pingDue reports whether the session is authenticated and due a ping,
+// and claims the ping.
+func (ss *session) pingDue(now int64) bool {
+	at := ss.pingAt.Load()
+	return at != 0 && at <= now && ss.pingAt.CompareAndSwap(at, 0)
+}
+
+// ping pings the client and closes a peer that does not answer within
+// WriteTimeout; otherwise the next ping is due in KeepAlive.
+func (ss *session) ping() {
+	ctx, cancel := context.WithTimeout(context.Background(), ss.s.cfg.WriteTimeout)
+	err := ss.ws.Ping(ctx)
+	cancel()
+	if err != nil {
+		ss.ws.CloseNow()
+		return
+	}
+	ss.pingAt.Store(time.Now().Add(ss.s.cfg.KeepAlive).UnixNano())
 }
 
 // writeLoop writes until the session's outbox is empty, then exits; the
@@ -607,9 +613,6 @@ func (ss *session) writeLoop() {
 
 // cleanup ends everything the session holds once its reader returns.
 func (ss *session) cleanup() {
-	if ss.ping != nil {
-		ss.ping.Stop()
-	}
 	if ss.cancel != nil {
 		ss.cancel()
 	}

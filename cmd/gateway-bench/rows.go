@@ -1,0 +1,214 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// bench holds what the rows share.
+type bench struct {
+	o        *options
+	bin      string
+	source   string // what the gateway was built from
+	gateways []*gateway
+}
+
+// row is one line of the table.
+type row struct {
+	name     string
+	measure  string
+	gateway  string
+	baseline string
+	result   string
+	goal     string
+	met      string
+
+	background float64 // cores other processes used during the row
+}
+
+func rowTitle(name string, o *options) string {
+	switch name {
+	case "publish":
+		return fmt.Sprintf("Confirmed HTTP publish, %d keep-alive conns, %d B body", o.conns, o.body)
+	case "batch":
+		return fmt.Sprintf("Batch publish, %d × %d B per request, %d clients", o.batch, o.entryBytes, o.batchClients)
+	case "fanout":
+		return fmt.Sprintf("WebSocket fan-out to %s subscribers, bursts of %s × %d B", fmtInt(float64(o.subs)), fmtInt(float64(o.fanoutMsgs)), o.fanoutBytes)
+	case "latency":
+		return fmt.Sprintf("Publish→subscriber latency, %s samples, one at a time", fmtInt(float64(o.samples)))
+	case "rss":
+		return fmt.Sprintf("Gateway RSS per idle authenticated WebSocket session, at %s", fmtInt(float64(o.sessions)))
+	}
+	return name
+}
+
+func (b *bench) runRow(ctx context.Context, name string) (row, error) {
+	r := row{name: name, measure: rowTitle(name, b.o)}
+	var err error
+	switch name {
+	case "publish":
+		err = b.rowPublish(ctx, &r)
+	case "batch":
+		err = b.rowBatch(ctx, &r)
+	case "fanout":
+		err = b.rowFanout(ctx, &r)
+	case "latency":
+		err = b.rowLatency(ctx, &r)
+	case "rss":
+		err = b.rowRSS(ctx, &r)
+	}
+	return r, err
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func payload(n int) []byte {
+	p := bytes.Repeat([]byte("0123456789abcdef"), n/16+1)
+	return p[:n]
+}
+
+// describe renders a tally: rate, percentiles and errors.
+func describe(t *tally, unit string, rate float64) string {
+	s := fmt.Sprintf("%s %s (p50 %s, p99 %s)", fmtInt(rate), unit, fmtDur(percentile(t.lat, 0.50)), fmtDur(percentile(t.lat, 0.99)))
+	if t.errs > 0 {
+		s += fmt.Sprintf(", **%d errors** (%s)", t.errs, t.firstErr)
+	} else {
+		s += ", 0 errors"
+	}
+	return s + "; " + t.cpu.cores(t.elapsed)
+}
+
+// rowPublish: POST /v1/publish/bench through the gateway ÷ a plain
+// net/http handler answering 204, same closed-loop generator.
+func (b *bench) rowPublish(ctx context.Context, r *row) error {
+	o := b.o
+	g, err := b.startGateway(ctx, "publish")
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+	plain, stopPlain, err := plainServer()
+	if err != nil {
+		return err
+	}
+	defer stopPlain()
+
+	body := payload(o.body)
+	gc, pc := httpClient(o.conns), httpClient(o.conns)
+	gwOps := make([]op, o.conns)
+	plainOps := make([]op, o.conns)
+	for i := range gwOps {
+		gwOps[i] = httpOp(gc, "http://"+g.addr+"/v1/publish/bench", g.token, "application/octet-stream", body, 1)
+		plainOps[i] = httpOp(pc, "http://"+plain+"/v1/publish/bench", g.token, "application/octet-stream", body, 1)
+	}
+	tg, tp, err := sideBySide(ctx, o, g, gwOps, plainOps)
+	if err != nil {
+		return err
+	}
+	ratio := tg.opsPerSec() / tp.opsPerSec()
+	r.gateway = describe(tg, "req/s", tg.opsPerSec())
+	r.baseline = "plain net/http 204 handler: " + describe(tp, "req/s", tp.opsPerSec())
+	r.result = fmt.Sprintf("**%.2f×**", ratio)
+	r.goal = "≥ 0.6×"
+	r.met = verdict(ratio >= 0.6 && tg.errs == 0 && tp.errs == 0)
+	logf("publish: gateway %.0f req/s (%d errors), plain %.0f req/s (%d errors)", tg.opsPerSec(), tg.errs, tp.opsPerSec(), tp.errs)
+	return nil
+}
+
+// rowBatch: POST /v1/publish with NDJSON batches ÷ nats.go publishing the
+// same batches, each followed by Flush, on the gateway's embedded server.
+func (b *bench) rowBatch(ctx context.Context, r *row) error {
+	o := b.o
+	g, err := b.startGateway(ctx, "batch")
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+
+	const subject = "bench.batch"
+	data := payload(o.entryBytes)
+	var nd bytes.Buffer
+	for i := 0; i < o.batch; i++ {
+		fmt.Fprintf(&nd, `{"subject":%q,"data":%q}`+"\n", subject, data)
+	}
+	body := nd.Bytes()
+
+	gc := httpClient(o.batchClients)
+	gwOps := make([]op, o.batchClients)
+	natsOps := make([]op, o.batchClients)
+	for i := range gwOps {
+		gwOps[i] = httpOp(gc, "http://"+g.addr+"/v1/publish", g.token, "application/x-ndjson", body, o.batch)
+		nc, err := nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-batch"), nats.NoReconnect())
+		if err != nil {
+			return fmt.Errorf("nats connect: %w", err)
+		}
+		defer nc.Close()
+		natsOps[i] = func(context.Context) (int, error) {
+			for j := 0; j < o.batch; j++ {
+				if err := nc.Publish(subject, data); err != nil {
+					return 0, err
+				}
+			}
+			if err := nc.FlushTimeout(30 * time.Second); err != nil {
+				return 0, err
+			}
+			return o.batch, nil
+		}
+	}
+	tg, tn, err := sideBySide(ctx, o, g, gwOps, natsOps)
+	if err != nil {
+		return err
+	}
+	ratio := tg.msgsPerSec() / tn.msgsPerSec()
+	r.gateway = describe(tg, "msg/s", tg.msgsPerSec()) + fmt.Sprintf("; %s B bodies", fmtInt(float64(len(body))))
+	r.baseline = "nats.go Publish ×" + fmtInt(float64(o.batch)) + " + Flush: " + describe(tn, "msg/s", tn.msgsPerSec())
+	r.result = fmt.Sprintf("**%.2f×**", ratio)
+	r.goal = "— (informational)"
+	r.met = "—"
+	if tg.errs > 0 || tn.errs > 0 {
+		r.met = "**errors**"
+	}
+	logf("batch: gateway %.0f msg/s (%d errors), nats.go %.0f msg/s (%d errors)", tg.msgsPerSec(), tg.errs, tn.msgsPerSec(), tn.errs)
+	return nil
+}
+
+func fmtInt(v float64) string {
+	s := fmt.Sprintf("%.0f", v)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	var out []byte
+	for i := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			out = append(out, ',')
+		}
+		out = append(out, s[i])
+	}
+	if neg {
+		return "-" + string(out)
+	}
+	return string(out)
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "−" + fmtDur(-d)
+	case d < time.Millisecond:
+		return fmt.Sprintf("%d µs", d.Microseconds())
+	case d < 10*time.Millisecond:
+		return fmt.Sprintf("%.2f ms", float64(d)/float64(time.Millisecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}

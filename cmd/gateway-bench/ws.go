@@ -1,0 +1,600 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// wsHTTP dials WebSocket upgrades; never proxied, no connection limit.
+var wsHTTP = &http.Client{Transport: &http.Transport{
+	Proxy:       nil,
+	DialContext: (&net.Dialer{Timeout: 10 * time.Second}).DialContext,
+}}
+
+// dialSession opens an authenticated gateway session (Bearer header on the
+// upgrade) and reads its connected frame. Nothing reads it afterwards
+// unless the caller starts a reader.
+func dialSession(ctx context.Context, g *gateway) (*websocket.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, "ws://"+g.addr+"/v1/ws", &websocket.DialOptions{
+		HTTPClient:      wsHTTP,
+		HTTPHeader:      http.Header{"Authorization": {"Bearer " + g.token}},
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		if resp != nil {
+			err = fmt.Errorf("%w (HTTP %d)", err, resp.StatusCode)
+		}
+		return nil, err
+	}
+	_, data, err := c.Read(ctx)
+	if err != nil {
+		c.CloseNow()
+		return nil, fmt.Errorf("waiting for connected: %w", err)
+	}
+	if !bytes.HasPrefix(data, []byte(`{"op":"connected"`)) {
+		c.CloseNow()
+		return nil, fmt.Errorf("first frame is not connected: %.200s", data)
+	}
+	return c, nil
+}
+
+// subscribe sends a sub frame and reads until its ok.
+func subscribe(ctx context.Context, c *websocket.Conn, sid, subject string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	f := fmt.Appendf(nil, `{"op":"sub","sid":%q,"subject":%q}`, sid, subject)
+	if err := c.Write(ctx, websocket.MessageText, f); err != nil {
+		return err
+	}
+	for {
+		_, data, err := c.Read(ctx)
+		if err != nil {
+			return fmt.Errorf("waiting for sub ok: %w", err)
+		}
+		if bytes.HasPrefix(data, []byte(`{"op":"ok"`)) {
+			return nil
+		}
+		if bytes.HasPrefix(data, []byte(`{"op":"error"`)) {
+			return fmt.Errorf("sub refused: %s", data)
+		}
+	}
+}
+
+// parallel runs f(i) for i in [0,n) with at most conc at once and returns
+// the first error.
+func parallel(ctx context.Context, n, conc int, f func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next  atomic.Int64
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for w := 0; w < min(conc, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := f(ctx, i); err != nil {
+					once.Do(func() { first = fmt.Errorf("#%d: %w", i, err); cancel() })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if first == nil && ctx.Err() != nil {
+		first = ctx.Err()
+	}
+	return first
+}
+
+// frameCounter reads a session's frames until it ends, counting msg
+// frames and other frames, with one reused buffer.
+func frameCounter(c *websocket.Conn, msgs, other *atomic.Int64) {
+	buf := make([]byte, 2048)
+	msgPrefix := []byte(`{"op":"msg"`)
+	for {
+		_, rd, err := c.Reader(context.Background())
+		if err != nil {
+			return
+		}
+		n := 0
+		for {
+			m, err := rd.Read(buf[n:])
+			n += m
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return
+			}
+			if n == len(buf) {
+				if _, err := io.Copy(io.Discard, rd); err != nil {
+					return
+				}
+				break
+			}
+		}
+		if bytes.HasPrefix(buf[:n], msgPrefix) {
+			msgs.Add(1)
+		} else {
+			other.Add(1)
+		}
+	}
+}
+
+// baselineServer starts nats-server in this process with token auth, a
+// client listener and its own WebSocket listener (no TLS).
+func baselineServer(token string) (*server.Server, string, error) {
+	opts := &server.Options{
+		Host:          "127.0.0.1",
+		Port:          -1,
+		Authorization: token,
+		NoSigs:        true,
+		NoLog:         true,
+		Websocket:     server.WebsocketOpts{Host: "127.0.0.1", Port: -1, NoTLS: true},
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, "", err
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, "", errors.New("baseline nats-server not ready")
+	}
+	p := s.PortsInfo(10 * time.Second)
+	if p == nil || len(p.WebSocket) == 0 {
+		s.Shutdown()
+		return nil, "", errors.New("baseline nats-server has no WebSocket listener")
+	}
+	return s, p.WebSocket[0], nil
+}
+
+// fanSide is one side of the fan-out row.
+type fanSide struct {
+	name      string
+	pub       *nats.Conn
+	delivered atomic.Int64 // msg deliveries counted by the subscribers
+	other     atomic.Int64 // other frames (slow-consumer notices …)
+
+	g       *gateway // for CPU accounting
+	cpu     cpuTimes
+	writes  func() int64 // write syscalls of the process serving the subscribers
+	syscw   int64        // those during measured bursts
+	rounds  int
+	total   time.Duration
+	counted int64
+	lost    int64
+	bursts  []time.Duration
+}
+
+// round publishes a burst and waits until every subscriber has all of it.
+func (f *fanSide) round(n, subs int, data []byte, measure bool) error {
+	start := f.delivered.Load()
+	target := start + int64(n)*int64(subs)
+	c0, w0 := f.g.cpuNow(), f.writes()
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		if err := f.pub.Publish("bench.fanout", data); err != nil {
+			return err
+		}
+	}
+	if err := f.pub.Flush(); err != nil {
+		return err
+	}
+	got := waitAtLeast(&f.delivered, target, 30*time.Second)
+	d := time.Since(t0)
+	if measure {
+		f.cpu = f.cpu.add(f.g.cpuNow().sub(c0))
+		f.syscw += f.writes() - w0
+		f.rounds++
+		f.total += d
+		f.counted += got - start
+		f.bursts = append(f.bursts, d)
+	}
+	if got < target {
+		f.lost += target - got
+		return fmt.Errorf("%s: %s of %s deliveries within 30 s", f.name, fmtInt(float64(got-start)), fmtInt(float64(target-start)))
+	}
+	return nil
+}
+
+func (f *fanSide) rate() float64 { return float64(f.counted) / f.total.Seconds() }
+
+func (f *fanSide) String() string {
+	slices.Sort(f.bursts)
+	s := fmt.Sprintf("%s msg/s delivered (%d bursts, median burst %s)", fmtInt(f.rate()), f.rounds, fmtDur(percentile(f.bursts, 0.5)))
+	if f.lost > 0 {
+		s += fmt.Sprintf(", **%s lost**", fmtInt(float64(f.lost)))
+	}
+	if n := f.other.Load(); n > 0 {
+		s += fmt.Sprintf(", **%d non-msg frames**", n)
+	}
+	return s + "; " + f.cpu.cores(f.total)
+}
+
+// rowFanout: deliveries/s to subscribed gateway sessions ÷ the same number
+// of nats.go clients on nats-server's own WebSocket listener.
+func (b *bench) rowFanout(ctx context.Context, r *row) error {
+	o := b.o
+	g, err := b.startGateway(ctx, "fanout")
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+	bs, wsURL, err := baselineServer(g.token)
+	if err != nil {
+		return err
+	}
+	defer bs.Shutdown()
+
+	gw := &fanSide{name: "gateway", g: g, writes: g.writeSyscalls}
+	base := &fanSide{name: "nats-server websocket", g: g, writes: func() int64 { return writeSyscalls("self") }}
+
+	t := time.Now()
+	conns := make([]*websocket.Conn, o.subs)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}()
+	err = parallel(ctx, o.subs, o.dialConc, func(ctx context.Context, i int) error {
+		c, err := dialSession(ctx, g)
+		if err != nil {
+			return err
+		}
+		conns[i] = c
+		if err := subscribe(ctx, c, "f", "bench.fanout"); err != nil {
+			return err
+		}
+		go frameCounter(c, &gw.delivered, &gw.other)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("gateway sessions: %w", err)
+	}
+	logf("fanout: %d gateway sessions subscribed in %s", o.subs, time.Since(t).Round(time.Millisecond))
+
+	t = time.Now()
+	ncs := make([]*nats.Conn, o.subs)
+	defer func() {
+		for _, nc := range ncs {
+			if nc != nil {
+				nc.Close()
+			}
+		}
+	}()
+	err = parallel(ctx, o.subs, o.dialConc, func(ctx context.Context, i int) error {
+		nc, err := nats.Connect(wsURL, nats.Token(g.token), nats.NoReconnect(), nats.Name("bench-fanout"))
+		if err != nil {
+			return err
+		}
+		ncs[i] = nc
+		if _, err := nc.Subscribe("bench.fanout", func(*nats.Msg) { base.delivered.Add(1) }); err != nil {
+			return err
+		}
+		return nc.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("nats WebSocket clients: %w", err)
+	}
+	logf("fanout: %d nats.go clients on %s subscribed in %s", o.subs, wsURL, time.Since(t).Round(time.Millisecond))
+
+	if gw.pub, err = nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-fanout-pub")); err != nil {
+		return err
+	}
+	defer gw.pub.Close()
+	if base.pub, err = nats.Connect(bs.ClientURL(), nats.Token(g.token), nats.Name("bench-fanout-pub")); err != nil {
+		return err
+	}
+	defer base.pub.Close()
+
+	data := payload(o.fanoutBytes)
+	// Warm-up burst each, unmeasured.
+	for _, s := range []*fanSide{gw, base} {
+		if err := s.round(o.fanoutMsgs, o.subs, data, false); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	var errs []error
+	gwOK, baseOK := true, true
+	for i := 0; (gwOK && gw.total < o.duration) || (baseOK && base.total < o.duration); i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		order := []*fanSide{gw, base}
+		if i%2 == 1 {
+			order = []*fanSide{base, gw}
+		}
+		for _, s := range order {
+			ok := &gwOK
+			if s == base {
+				ok = &baseOK
+			}
+			if !*ok || s.total >= o.duration {
+				continue
+			}
+			if err := s.round(o.fanoutMsgs, o.subs, data, true); err != nil {
+				errs = append(errs, err)
+				*ok = false // later bursts would count this one's stragglers
+			}
+		}
+	}
+	for _, err := range errs {
+		logf("fanout: %v", err)
+	}
+	ratio := gw.rate() / base.rate()
+	r.gateway = gw.String()
+	r.baseline = "nats-server's WebSocket listener, nats.go clients: " + base.String()
+	r.result = fmt.Sprintf("**%.2f×**", ratio)
+	r.goal = "≥ 1.0×"
+	r.met = verdict(ratio >= 1.0 && gw.lost == 0)
+	logf("fanout: gateway %.0f msg/s, nats-server ws %.0f msg/s; write syscalls per delivered message: gateway %.3f, bench process with nats-server %.3f",
+		gw.rate(), base.rate(), float64(gw.syscw)/float64(max(gw.counted, 1)), float64(base.syscw)/float64(max(base.counted, 1)))
+	return nil
+}
+
+// latencySample is a message's arrival: when, and the payload.
+type latencySample struct {
+	at   time.Time
+	data []byte
+}
+
+// rowLatency: publish→subscriber latency through the gateway (HTTP POST
+// in, WebSocket session out) minus direct NATS (nats.go publish + Flush →
+// nats.go subscriber on the embedded server), samples interleaved.
+func (b *bench) rowLatency(ctx context.Context, r *row) error {
+	o := b.o
+	g, err := b.startGateway(ctx, "latency")
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+
+	// Gateway path.
+	ws, err := dialSession(ctx, g)
+	if err != nil {
+		return err
+	}
+	defer ws.CloseNow()
+	if err := subscribe(ctx, ws, "l", "bench.lat.gw"); err != nil {
+		return err
+	}
+	gwIn := make(chan latencySample, 16)
+	go func() {
+		for {
+			_, data, err := ws.Read(context.Background())
+			at := time.Now()
+			if err != nil {
+				close(gwIn)
+				return
+			}
+			var m struct {
+				Op   string `json:"op"`
+				Data string `json:"data"`
+			}
+			if json.Unmarshal(data, &m) == nil && m.Op == "msg" {
+				select {
+				case gwIn <- latencySample{at: at, data: []byte(m.Data)}:
+				default: // nobody waiting any more
+				}
+			}
+		}
+	}()
+	hc := httpClient(1)
+	pubURL := "http://" + g.addr + "/v1/publish/bench.lat.gw"
+
+	// Direct path.
+	sub, err := nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-lat-sub"))
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	natsIn := make(chan latencySample, 16)
+	if _, err := sub.Subscribe("bench.lat.nats", func(m *nats.Msg) {
+		select {
+		case natsIn <- latencySample{at: time.Now(), data: m.Data}:
+		default: // nobody waiting any more
+		}
+	}); err != nil {
+		return err
+	}
+	if err := sub.Flush(); err != nil {
+		return err
+	}
+	pub, err := nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-lat-pub"))
+	if err != nil {
+		return err
+	}
+	defer pub.Close()
+
+	epoch := time.Now()
+	stamp := func(seq int) []byte {
+		return []byte(strconv.Itoa(seq) + " " + strconv.FormatInt(int64(time.Since(epoch)), 10))
+	}
+	// await takes the arrival of message seq and returns its latency from
+	// the timestamp in its payload.
+	await := func(in <-chan latencySample, seq int) (time.Duration, error) {
+		timeout := time.After(5 * time.Second)
+		for {
+			select {
+			case s, ok := <-in:
+				if !ok {
+					return 0, errors.New("subscriber closed")
+				}
+				var gotSeq int
+				var sent int64
+				if _, err := fmt.Sscanf(string(s.data), "%d %d", &gotSeq, &sent); err != nil || gotSeq != seq {
+					continue // a stray from an earlier, timed-out sample
+				}
+				return s.at.Sub(epoch) - time.Duration(sent), nil
+			case <-timeout:
+				return 0, fmt.Errorf("message %d did not arrive within 5 s", seq)
+			}
+		}
+	}
+	viaGateway := func(seq int) (time.Duration, error) {
+		body := stamp(seq)
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, pubURL, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+g.token)
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			return 0, fmt.Errorf("publish: status %d", resp.StatusCode)
+		}
+		return await(gwIn, seq)
+	}
+	direct := func(seq int) (time.Duration, error) {
+		if err := pub.Publish("bench.lat.nats", stamp(seq)); err != nil {
+			return 0, err
+		}
+		if err := pub.Flush(); err != nil {
+			return 0, err
+		}
+		return await(natsIn, seq)
+	}
+
+	warm := min(200, o.samples)
+	var gl, nl []time.Duration
+	for i := 0; i < warm+o.samples; i++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		first, second := viaGateway, direct
+		if i%2 == 1 {
+			first, second = direct, viaGateway
+		}
+		d1, err := first(i)
+		if err != nil {
+			return err
+		}
+		d2, err := second(i)
+		if err != nil {
+			return err
+		}
+		if i%2 == 1 {
+			d1, d2 = d2, d1
+		}
+		if i >= warm {
+			gl, nl = append(gl, d1), append(nl, d2)
+		}
+	}
+	slices.Sort(gl)
+	slices.Sort(nl)
+	g50, g99 := percentile(gl, 0.5), percentile(gl, 0.99)
+	n50, n99 := percentile(nl, 0.5), percentile(nl, 0.99)
+	r.gateway = fmt.Sprintf("HTTP POST → WebSocket: p50 %s, p99 %s", fmtDur(g50), fmtDur(g99))
+	r.baseline = fmt.Sprintf("nats.go publish+Flush → nats.go subscriber: p50 %s, p99 %s", fmtDur(n50), fmtDur(n99))
+	r.result = fmt.Sprintf("**+%s p99** (+%s p50)", fmtDur(g99-n99), fmtDur(g50-n50))
+	r.goal = "≤ 1 ms added p99"
+	r.met = verdict(g99-n99 <= time.Millisecond)
+	logf("latency: gateway p50 %s p99 %s; direct p50 %s p99 %s", g50, g99, n50, n99)
+	return nil
+}
+
+// rowRSS: gateway RSS growth per idle authenticated session.
+func (b *bench) rowRSS(ctx context.Context, r *row) error {
+	o := b.o
+	// Pings every 15 s by default would need a reader on each client;
+	// with 10 m none is sent during the row.
+	g, err := b.startGateway(ctx, "rss", "--keepalive", "10m")
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+
+	// Warm up: the token's NATS connection and the session code paths.
+	warm := make([]*websocket.Conn, 0, 64)
+	for i := 0; i < min(64, o.sessions); i++ {
+		c, err := dialSession(ctx, g)
+		if err != nil {
+			return fmt.Errorf("warm-up session: %w", err)
+		}
+		warm = append(warm, c)
+	}
+	for _, c := range warm[1:] {
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	defer warm[0].CloseNow()
+	time.Sleep(time.Second)
+
+	gauges := []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes"}
+	before, err := g.rssKiB()
+	if err != nil {
+		return err
+	}
+	mb := g.metrics(gauges...)
+
+	conns := make([]*websocket.Conn, o.sessions)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.CloseNow()
+			}
+		}
+	}()
+	t := time.Now()
+	err = parallel(ctx, o.sessions, o.dialConc, func(ctx context.Context, i int) error {
+		c, err := dialSession(ctx, g)
+		conns[i] = c
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("opening %d sessions: %w", o.sessions, err)
+	}
+	opened := time.Since(t)
+	logf("rss: %d sessions open in %s (%.0f/s); settling %s", o.sessions, opened.Round(time.Millisecond), float64(o.sessions)/opened.Seconds(), o.settle)
+	time.Sleep(o.settle)
+	after, err := g.rssKiB()
+	if err != nil {
+		return err
+	}
+	ma := g.metrics(gauges...)
+	per := float64(after-before) / float64(o.sessions)
+	r.gateway = fmt.Sprintf("**%.2f KiB**/session: RSS %s → %s KiB", per, fmtInt(float64(before)), fmtInt(float64(after)))
+	if len(ma) == len(gauges) && len(mb) == len(gauges) {
+		kib := func(name string) float64 { return (ma[name] - mb[name]) / 1024 / float64(o.sessions) }
+		retained := func(m map[string]float64) float64 {
+			return m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"]
+		}
+		r.gateway += fmt.Sprintf(" (Go heap in use %+.1f KiB, free heap not yet returned to the OS %+.1f KiB, stacks %+.1f KiB, goroutines %+.2f per session)",
+			kib("go_memstats_heap_inuse_bytes"), (retained(ma)-retained(mb))/1024/float64(o.sessions),
+			kib("go_memstats_stack_inuse_bytes"), (ma["go_goroutines"]-mb["go_goroutines"])/float64(o.sessions))
+	}
+	r.baseline = fmt.Sprintf("— (opened in %s, %.0f sessions/s, %d at a time)", opened.Round(time.Millisecond), float64(o.sessions)/opened.Seconds(), o.dialConc)
+	r.result = fmt.Sprintf("**%.2f KiB**", per)
+	r.goal = "≤ 12 KiB"
+	r.met = verdict(per <= 12)
+	logf("rss: before %d KiB, after %d KiB, %.2f KiB/session; gauges before %v after %v", before, after, per, mb, ma)
+	return nil
+}
