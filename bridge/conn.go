@@ -57,10 +57,10 @@ type Conn struct {
 	removed   bool
 
 	// Publishes and subscriptions awaiting confirmation join the next
-	// flush round trip; one goroutine runs round trips while any wait.
+	// flush round trip (next); at most maxRounds are in flight.
 	cmu        sync.Mutex
 	next       *round
-	flushing   bool
+	inFlight   int
 	roundTrips atomic.Int64 // confirmation round trips made
 
 	perms permissionLog
@@ -184,11 +184,11 @@ func mapPublishError(err error) error {
 // connection. A permission violation the server reports within that round
 // trip is ErrForbidden. maxSubject bounds subject length (0: default).
 func (c *Conn) Publish(ctx context.Context, m *Msg, maxSubject int) error {
-	confirm, err := c.PublishStart(m, maxSubject)
+	p, err := c.send(m, maxSubject)
 	if err != nil {
 		return err
 	}
-	return confirm(ctx)
+	return c.confirmSent(ctx, p)
 }
 
 // PublishBatch publishes every valid message and confirms them all with
@@ -292,10 +292,7 @@ func (c *Conn) confirm(ctx context.Context) (reconnects uint64, err error) {
 		c.next = &round{done: make(chan struct{})}
 	}
 	r := c.next
-	if !c.flushing {
-		c.flushing = true
-		go c.flushLoop()
-	}
+	c.startRoundsLocked()
 	c.cmu.Unlock()
 	select {
 	case <-r.done:
@@ -303,6 +300,34 @@ func (c *Conn) confirm(ctx context.Context) (reconnects uint64, err error) {
 	case <-ctx.Done():
 		return 0, fmt.Errorf("%w: gave up waiting for NATS to confirm: %v", ErrUnavailable, ctx.Err())
 	}
+}
+
+// maxRounds bounds the confirmation round trips in flight on one
+// connection. One at a time would make a waiter arriving just after a
+// PING wait for that whole round trip and then its own; a few pipelined
+// PINGs cut that wait while still sharing each round among many waiters.
+const maxRounds = 4
+
+// startRoundsLocked sends the pending round's PING if fewer than maxRounds
+// are in flight; a finishing round starts the pending one otherwise.
+func (c *Conn) startRoundsLocked() {
+	if c.next == nil || c.inFlight >= maxRounds {
+		return
+	}
+	r := c.next
+	c.next = nil
+	c.inFlight++
+	go c.runRound(r)
+}
+
+func (c *Conn) runRound(r *round) {
+	r.err = c.flush()
+	r.reconnects = c.reconnects()
+	close(r.done)
+	c.cmu.Lock()
+	c.inFlight--
+	c.startRoundsLocked()
+	c.cmu.Unlock()
 }
 
 // reconnects is how often the connection has reconnected; nats.go counts
@@ -314,23 +339,6 @@ func (c *Conn) reconnects() uint64 { return c.nc.Stats().Reconnects }
 // old connection lost. A publish whose round trip spans a reconnect is
 // therefore not confirmed.
 var errLostInReconnect = fmt.Errorf("%w: the NATS connection was lost before the server confirmed the message; it may not have arrived", ErrUnavailable)
-
-func (c *Conn) flushLoop() {
-	for {
-		c.cmu.Lock()
-		r := c.next
-		c.next = nil
-		if r == nil {
-			c.flushing = false
-			c.cmu.Unlock()
-			return
-		}
-		c.cmu.Unlock()
-		r.err = c.flush()
-		r.reconnects = c.reconnects()
-		close(r.done)
-	}
-}
 
 func (c *Conn) flush() error {
 	c.roundTrips.Add(1)
@@ -525,21 +533,48 @@ func (c *Conn) Key() TokenKey { return c.key }
 // order, and returns the wait for the server's confirmation (as Publish
 // gives it).
 func (c *Conn) PublishStart(m *Msg, maxSubject int) (confirm func(context.Context) error, err error) {
-	if err := c.check(m, maxSubject); err != nil {
+	p, err := c.send(m, maxSubject)
+	if err != nil {
 		return nil, err
 	}
-	seq, rc := c.perms.seq(), c.reconnects()
-	if err := c.nc.PublishMsg(m.toNATS()); err != nil {
-		return nil, mapPublishError(err)
+	return func(ctx context.Context) error { return c.confirmSent(ctx, p) }, nil
+}
+
+// sent is what confirming a publish needs to know of its sending.
+type sent struct {
+	subject, reply string
+	seq, rc        uint64 // the permission log's and the reconnect count before sending
+}
+
+// send checks and publishes m without waiting.
+func (c *Conn) send(m *Msg, maxSubject int) (sent, error) {
+	if err := c.check(m, maxSubject); err != nil {
+		return sent{}, err
 	}
-	return func(ctx context.Context) error {
-		after, err := c.confirm(ctx)
-		switch {
-		case err != nil:
-			return err
-		case after != rc:
-			return errLostInReconnect
-		}
-		return c.perms.publishDenied(seq, m.Subject, m.Reply)
-	}, nil
+	p := sent{subject: m.Subject, reply: m.Reply, seq: c.perms.seq(), rc: c.reconnects()}
+	var err error
+	switch {
+	case len(m.Header) > 0:
+		err = c.nc.PublishMsg(m.toNATS())
+	case m.Reply != "":
+		err = c.nc.PublishRequest(m.Subject, m.Reply, m.Data)
+	default:
+		err = c.nc.Publish(m.Subject, m.Data)
+	}
+	if err != nil {
+		return sent{}, mapPublishError(err)
+	}
+	return p, nil
+}
+
+// confirmSent waits for the round trip that confirms a sent message.
+func (c *Conn) confirmSent(ctx context.Context, p sent) error {
+	after, err := c.confirm(ctx)
+	switch {
+	case err != nil:
+		return err
+	case after != p.rc:
+		return errLostInReconnect
+	}
+	return c.perms.publishDenied(p.seq, p.subject, p.reply)
 }

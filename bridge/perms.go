@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 )
 
 type violationKind uint8
@@ -36,7 +37,8 @@ const (
 // use of that subject on the connection.
 type permissionLog struct {
 	mu       sync.Mutex
-	n        uint64 // number of the newest recorded violation
+	n        uint64        // number of the newest recorded violation
+	latest   atomic.Uint64 // n, readable without the lock
 	ring     [violationRing]violation
 	seen     [seenRing]error // the last errors handled, to tell a waiter we caught up
 	seenN    int
@@ -55,11 +57,7 @@ func (l *permissionLog) init() {
 	l.watchers = make(map[*watcher]struct{})
 }
 
-func (l *permissionLog) seq() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.n
-}
+func (l *permissionLog) seq() uint64 { return l.latest.Load() }
 
 // record notes a permission violation the server reported. mux is the
 // wildcard subject nats.go receives replies on: when that subscription is
@@ -76,6 +74,7 @@ func (l *permissionLog) record(err error, mux string) {
 		return
 	}
 	l.n++
+	l.latest.Store(l.n)
 	l.ring[l.n%violationRing] = v
 	switch {
 	case v.kind == denySubscribe && v.subject == mux:

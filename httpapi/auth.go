@@ -23,6 +23,9 @@ func tokenInURL(r *http.Request) bool {
 	if r.URL.User != nil {
 		return true
 	}
+	if r.URL.RawQuery == "" {
+		return false
+	}
 	for k := range r.URL.Query() {
 		for _, p := range urlTokenParams {
 			if strings.EqualFold(k, p) {

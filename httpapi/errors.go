@@ -22,6 +22,7 @@ var (
 	errTooMany       = errors.New("limit reached")
 	errUnsupported   = errors.New("unsupported media type")
 	errInternal      = errors.New("internal error")
+	errBodyTimeout   = errors.New("request body too slow")
 	// errForbiddenOrigin is a 403 decided by the gateway (CORS, Origin),
 	// not by NATS.
 	errForbiddenOrigin = errors.New("cross-origin request refused")
@@ -62,6 +63,8 @@ func classify(err error) (status int, kind string) {
 		return http.StatusMethodNotAllowed, "method-not-allowed"
 	case errors.Is(err, bridge.ErrPayloadTooLarge), errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge, "payload-too-large"
+	case errors.Is(err, errBodyTimeout):
+		return http.StatusRequestTimeout, "request-timeout"
 	case errors.Is(err, errUnsupported):
 		return http.StatusUnsupportedMediaType, "unsupported-media-type"
 	case errors.Is(err, errTooManyFailed), errors.Is(err, errTooMany):
@@ -118,6 +121,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		detail = "internal error; see the gateway's log for request " + requestID(r.Context())
 	}
 	setInfo(r.Context(), func(i *reqInfo) { i.errKind = kind })
+	if id := requestID(r.Context()); id != "" {
+		h.Set("X-Request-Id", id)
+	}
 	h.Set("Content-Type", "application/problem+json")
 	h.Set("Cache-Control", "no-store")
 	h.Del("Content-Length")

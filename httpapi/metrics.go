@@ -3,6 +3,7 @@ package httpapi
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,11 @@ type Metrics struct {
 	dropped       *prometheus.CounterVec
 	slowClosed    *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
+
+	// series caches request series by reqKey. Keys are bounded: routes
+	// are the router's patterns (or "unmatched"), methods and statuses
+	// are few.
+	series sync.Map
 }
 
 func newMetrics(b Broker) *Metrics {
@@ -68,9 +74,34 @@ func newMetrics(b Broker) *Metrics {
 	return m
 }
 
+// reqKey identifies a request's metric series.
+type reqKey struct {
+	route, method string
+	status        int
+}
+
+type reqSeries struct {
+	count   prometheus.Counter
+	latency prometheus.Observer
+}
+
 func (m *Metrics) observeRequest(method, route string, status int, d time.Duration) {
-	m.requests.WithLabelValues(route, method, strconv.Itoa(status)).Inc()
-	m.latency.WithLabelValues(route, method).Observe(d.Seconds())
+	switch method {
+	case http.MethodGet, http.MethodPost, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete, http.MethodPatch:
+	default:
+		method = "OTHER" // clients choose methods; labels must stay bounded
+	}
+	k := reqKey{route, method, status}
+	s, ok := m.series.Load(k)
+	if !ok { // first request of its kind: look the series up once
+		s, _ = m.series.LoadOrStore(k, &reqSeries{
+			count:   m.requests.WithLabelValues(route, method, strconv.Itoa(status)),
+			latency: m.latency.WithLabelValues(route, method),
+		})
+	}
+	rs := s.(*reqSeries)
+	rs.count.Inc()
+	rs.latency.Observe(d.Seconds())
 }
 
 func (m *Metrics) handler() http.Handler {

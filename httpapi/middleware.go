@@ -8,42 +8,53 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 )
 
-type ctxKey int
+type ctxKey struct{}
 
-const (
-	ctxLogger ctxKey = iota
-	ctxRequestID
-	ctxInfo
-)
-
-// reqInfo collects what a request's handler learned, for the access log
-// and metrics: the token's name (never the token) and the error kind.
+// reqInfo is a request's context value: its id, and what its handler
+// learned for the access log and metrics: the token's name (never the
+// token) and the error kind.
 type reqInfo struct {
+	id        string
+	base      *slog.Logger
+	logger    *slog.Logger // base with the request id, made on first use
 	tokenName string
 	errKind   string
 }
 
-// requestID returns the request's id, set by withRequest.
+func infoFrom(ctx context.Context) *reqInfo {
+	i, _ := ctx.Value(ctxKey{}).(*reqInfo)
+	return i
+}
+
+// requestID returns the request's id, set by observe.
 func requestID(ctx context.Context) string {
-	id, _ := ctx.Value(ctxRequestID).(string)
-	return id
+	if i := infoFrom(ctx); i != nil {
+		return i.id
+	}
+	return ""
 }
 
 // loggerFrom returns the request's logger, which carries its request id.
 func loggerFrom(ctx context.Context) *slog.Logger {
-	if l, ok := ctx.Value(ctxLogger).(*slog.Logger); ok {
-		return l
+	i := infoFrom(ctx)
+	if i == nil {
+		return slog.New(slog.DiscardHandler)
 	}
-	return slog.New(slog.DiscardHandler)
+	if i.logger == nil {
+		i.logger = i.base.With("request_id", i.id)
+	}
+	return i.logger
 }
 
 func setInfo(ctx context.Context, f func(*reqInfo)) {
-	if i, ok := ctx.Value(ctxInfo).(*reqInfo); ok {
+	if i := infoFrom(ctx); i != nil {
 		f(i)
 	}
 }
@@ -64,10 +75,20 @@ func validRequestID(id string) bool {
 
 func typeName(v any) string { return fmt.Sprintf("%T", v) }
 
-func newRequestID() string {
-	var b [8]byte
+// requestIDs makes ids unique within a process (a counter) and across
+// restarts and replicas (a random prefix), without a random read per
+// request.
+var requestIDs = struct {
+	prefix string
+	n      atomic.Uint64
+}{prefix: func() string {
+	var b [5]byte
 	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	return hex.EncodeToString(b[:]) + "-"
+}()}
+
+func newRequestID() string {
+	return requestIDs.prefix + strconv.FormatUint(requestIDs.n.Add(1), 36)
 }
 
 // statusWriter records the status and size of a response.
@@ -96,31 +117,31 @@ func (s *statusWriter) Write(p []byte) (int, error) {
 // Unwrap lets http.ResponseController reach Flush, deadlines and Hijack.
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-// observe gives every request an id (the caller's X-Request-Id when sane),
+// observe gives every request an id (the caller's X-Request-Id when sane,
+// echoed),
 // a logger carrying it, recovery from panics, an access log line and the
 // request metrics. The log line shows the path but never the query string.
 func observe(logger *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
+			// A caller's id is echoed; an id of ours is sent with errors
+			// only (writeError), sparing every success a header.
 			id := r.Header.Get("X-Request-Id")
-			if !validRequestID(id) {
+			if validRequestID(id) {
+				w.Header().Set("X-Request-Id", id)
+			} else {
 				id = newRequestID()
 			}
-			w.Header().Set("X-Request-Id", id)
-			l := logger.With("request_id", id)
-			info := &reqInfo{}
-			ctx := context.WithValue(r.Context(), ctxRequestID, id)
-			ctx = context.WithValue(ctx, ctxLogger, l)
-			ctx = context.WithValue(ctx, ctxInfo, info)
+			info := &reqInfo{id: id, base: logger}
 			sw := &statusWriter{ResponseWriter: w}
-			r = r.WithContext(ctx)
+			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
 			defer func() {
 				if p := recover(); p != nil {
 					if p == http.ErrAbortHandler {
 						panic(p)
 					}
-					l.Error("panic serving request", "panic_type", typeName(p), "stack", string(debug.Stack()))
+					loggerFrom(r.Context()).Error("panic serving request", "panic_type", typeName(p), "stack", string(debug.Stack()))
 					if sw.status == 0 && r.Header.Get("Connection") != "Upgrade" {
 						writeError(sw, r, errInternal)
 					}
@@ -135,15 +156,20 @@ func observe(logger *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 				}
 				d := time.Since(start)
 				m.observeRequest(r.Method, route, status, d)
-				attrs := []any{"method", r.Method, "path", r.URL.Path, "route", route, "status", status,
-					"bytes", sw.bytes, "duration", d, "remote", r.RemoteAddr}
+				if !logger.Enabled(r.Context(), slog.LevelInfo) {
+					return
+				}
+				attrs := make([]slog.Attr, 0, 11)
+				attrs = append(attrs, slog.String("request_id", id), slog.String("method", r.Method), slog.String("path", r.URL.Path),
+					slog.String("route", route), slog.Int("status", status), slog.Int64("bytes", sw.bytes),
+					slog.Duration("duration", d), slog.String("remote", r.RemoteAddr))
 				if info.tokenName != "" {
-					attrs = append(attrs, "token", info.tokenName)
+					attrs = append(attrs, slog.String("token", info.tokenName))
 				}
 				if info.errKind != "" {
-					attrs = append(attrs, "error", info.errKind)
+					attrs = append(attrs, slog.String("error", info.errKind))
 				}
-				l.Info("request", attrs...)
+				logger.LogAttrs(r.Context(), slog.LevelInfo, "request", attrs...)
 			}()
 			next.ServeHTTP(sw, r)
 		})

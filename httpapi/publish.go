@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -56,17 +57,34 @@ func natsHeaders(h http.Header) (map[string][]string, error) {
 	return out, nil
 }
 
-// readBody reads a request body of at most limit bytes within the body
-// timeout, so neither a large nor a slow body holds the gateway.
+// readBody reads a request body of at most limit bytes. (A slow body is
+// the http.Server's ReadTimeout's to cut off.)
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body of %d bytes, limit %d", bridge.ErrPayloadTooLarge, r.ContentLength, limit)
 	}
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout))
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	var (
+		b   []byte
+		err error
+	)
+	if r.ContentLength >= 0 { // the usual case: read exactly that much, in one allocation
+		b = make([]byte, r.ContentLength)
+		_, err = io.ReadFull(body, b)
+	} else {
+		b, err = io.ReadAll(body)
+	}
+	var (
+		mbe *http.MaxBytesError
+		ne  net.Error
+	)
+	switch {
+	case errors.As(err, &mbe):
 		return nil, fmt.Errorf("%w: body over %d bytes", bridge.ErrPayloadTooLarge, limit)
+	case errors.As(err, &ne) && ne.Timeout():
+		return nil, fmt.Errorf("%w: the body did not arrive in time", errBodyTimeout)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return nil, badRequest("the body ended before its Content-Length")
 	}
 	return b, err
 }

@@ -50,9 +50,6 @@ type Config struct {
 	// WriteTimeout bounds each write to a streaming client; a client that
 	// takes longer is closed. Zero means 10 s.
 	WriteTimeout time.Duration
-	// BodyTimeout bounds the time to receive a request body. Zero means
-	// 30 s.
-	BodyTimeout time.Duration
 	// MaxBatchBytes bounds a batch publish body. Zero means 16 MiB.
 	MaxBatchBytes int64
 	// MaxBatchEntries bounds the entries of a batch publish. Zero means
@@ -93,7 +90,6 @@ func (c *Config) setDefaults() {
 	def(&c.KeepAlive, 15*time.Second)
 	def(&c.SlowConsumerGrace, 5*time.Second)
 	def(&c.WriteTimeout, 10*time.Second)
-	def(&c.BodyTimeout, 30*time.Second)
 	def(&c.AuthFailureWindow, time.Minute)
 	if c.QueueBytes <= 0 {
 		c.QueueBytes = 1 << 20

@@ -132,6 +132,9 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		s.metrics.subscriptions.Inc()
 		defer s.metrics.subscriptions.Dec()
 
+		// The http.Server's ReadTimeout bounds reading a request; a stream
+		// lives on after that.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
 		h := w.Header()
 		h.Set("Content-Type", f.contentType())
 		h.Set("Cache-Control", "no-cache")

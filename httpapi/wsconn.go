@@ -32,6 +32,7 @@ func (u *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	_ = conn.SetReadDeadline(time.Time{}) // the http.Server's ReadTimeout was for the upgrade request
 	u.conn = &corkedConn{Conn: conn}
 	if n := brw.Reader.Buffered(); n > 0 {
 		// Bytes the client sent right after its upgrade request, already

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -98,7 +99,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		QueueBytes:        cfg.queueBytes,
 		SlowConsumerGrace: cfg.slowGrace,
 		WriteTimeout:      cfg.writeTimeout,
-		BodyTimeout:       cfg.bodyTimeout,
 		MaxBatchBytes:     cfg.maxBatchBytes,
 		AuthFailureLimit:  cfg.authFailureLimit,
 		AllowedOrigins:    splitList(cfg.allowedOrigins),
@@ -126,12 +126,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		// Bounds reading a whole request, body included; streams and
+		// WebSocket sessions lift it once they start.
+		ReadTimeout:    cfg.readHeaderTimeout + cfg.bodyTimeout,
+		IdleTimeout:    2 * time.Minute,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
+	if cfg.debugListen != "" {
+		dbg, err := startDebug(cfg.debugListen)
+		if err != nil {
+			_ = srv.Close()
+			_ = pool.Close(context.Background())
+			return err
+		}
+		defer dbg.Close()
+		logger.Info("pprof listening", "addr", cfg.debugListen)
+	}
 
 	hup := make(chan os.Signal, 1)
 	if cfg.tokensFile != "" && embedded != nil {
@@ -239,6 +252,22 @@ Try it (in a second terminal):
     curl -H 'Authorization: Bearer %[2]s' -d 'hello' %[1]s/v1/publish/demo
 
 `, base, token)
+}
+
+// startDebug serves net/http/pprof on its own listener, apart from the API.
+func startDebug(addr string) (*http.Server, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("debug listen: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	return srv, nil
 }
 
 func splitList(s string) []string {

@@ -323,3 +323,54 @@ func waitLog(t *testing.T, s *started, what string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestSlowBodiesAreCutOffButStreamsLive(t *testing.T) {
+	s := start(t, nil, "--token", "t", "--read-header-timeout", "200ms", "--body-timeout", "300ms")
+	host := strings.TrimPrefix(s.base, "http://")
+	// A body that never finishes: 408, connection closed.
+	conn, err := net.Dial("tcp", host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprint(conn, "POST /v1/publish/x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: 10\r\n\r\nab")
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusRequestTimeout {
+		t.Fatalf("slow body: %v %v, want 408", resp, err)
+	}
+	// An SSE stream and a WebSocket session outlive the read timeout.
+	req, _ := http.NewRequest("GET", s.base+"/v1/subscribe/live", nil)
+	req.Header.Set("Authorization", "Bearer t")
+	sse, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sse.Body.Close()
+	ws, _, err := websocket.Dial(context.Background(), "ws"+strings.TrimPrefix(s.base, "http")+"/v1/ws",
+		&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer t"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	time.Sleep(time.Second)
+	if code := post(t, s.base+"/v1/publish/live", "t", "still here"); code != 204 {
+		t.Fatalf("publish: %d", code)
+	}
+	sc := bufio.NewScanner(sse.Body)
+	for sc.Scan() && !strings.Contains(sc.Text(), "still here") {
+	}
+	if sc.Err() != nil {
+		t.Fatalf("SSE stream ended: %v", sc.Err())
+	}
+	ws.Write(context.Background(), websocket.MessageText, []byte(`{"op":"ping"}`))
+	for {
+		_, b, err := ws.Read(context.Background())
+		if err != nil {
+			t.Fatalf("WebSocket session ended: %v", err)
+		}
+		if strings.Contains(string(b), "pong") {
+			break
+		}
+	}
+}
