@@ -19,10 +19,22 @@ type Msg struct {
 
 	once sync.Once
 	obj  []byte
+	wire int // WireSize, for delivered messages
 }
 
 func fromNATS(m *nats.Msg) *Msg {
-	return &Msg{Subject: m.Subject, Reply: m.Reply, Header: m.Header, Data: m.Data}
+	msg := &Msg{Subject: m.Subject, Reply: m.Reply, Header: m.Header, Data: m.Data}
+	msg.wire = msg.size() + len(m.Subject) + len(m.Reply)
+	return msg
+}
+
+// WireSize is roughly what a delivered message weighs: its subjects,
+// headers and payload. Computed once, however many subscribers share it.
+func (m *Msg) WireSize() int {
+	if m.wire == 0 {
+		return m.size() + len(m.Subject) + len(m.Reply)
+	}
+	return m.wire
 }
 
 func (m *Msg) toNATS() *nats.Msg {

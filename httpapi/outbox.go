@@ -9,29 +9,22 @@ import (
 	"github.com/natsgate/natsgate/bridge"
 )
 
-// outItem is one message waiting for a client, with the subscription id it
-// goes out under (WebSocket; empty for streams).
+// outItem is one message waiting for a client, with what goes before its
+// fields in a WebSocket frame (nil for streams).
 type outItem struct {
-	sid  string
-	msg  *bridge.Msg
-	size int
+	prefix []byte
+	msg    *bridge.Msg
+	size   int
 }
 
 // itemOverhead is what an item costs beyond its message's bytes.
 const itemOverhead = 64
 
-func itemSize(m *bridge.Msg) int {
-	n := len(m.Subject) + len(m.Reply) + len(m.Data) + itemOverhead
-	for k, vs := range m.Header {
-		for _, v := range vs {
-			n += len(k) + len(v) + 8
-		}
-	}
-	return n
-}
+func itemSize(m *bridge.Msg) int { return m.WireSize() + itemOverhead }
 
-// maxKeptCap is the largest item buffer kept between takes, so a burst's
-// memory is returned once it has been written.
+// maxKeptCap is the largest buffer kept between takes while a client is
+// busy, so a burst's memory is returned once it has been written; an idle
+// client keeps none.
 const maxKeptCap = 256
 
 // outbox is a client's bounded outbound queue, in two lanes:
@@ -90,7 +83,7 @@ func (o *outbox) wakeLocked() bool {
 // push queues a subscription message, or drops it when the message lane is
 // at its bound (a message larger than the whole bound still goes through
 // an empty lane).
-func (o *outbox) push(sid string, m *bridge.Msg) {
+func (o *outbox) push(prefix []byte, m *bridge.Msg) {
 	size := itemSize(m)
 	o.mu.Lock()
 	if o.closed {
@@ -106,7 +99,10 @@ func (o *outbox) push(sid string, m *bridge.Msg) {
 		o.drops.Inc()
 		return
 	}
-	o.items = append(o.items, outItem{sid: sid, msg: m, size: size})
+	if o.items == nil {
+		o.items = make([]outItem, 0, 16)
+	}
+	o.items = append(o.items, outItem{prefix: prefix, msg: m, size: size})
 	o.bytes += size
 	wake := o.wakeLocked()
 	o.mu.Unlock()
@@ -183,7 +179,9 @@ func (o *outbox) take(prev batch) (b batch, ok bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.closed || (len(o.ctrl) == 0 && len(o.items) == 0 && o.dropped == 0) {
+		// Idle again: let go of the buffers, so a quiet client holds none.
 		o.running = false
+		o.items, o.ctrl = nil, nil
 		return batch{}, false
 	}
 	b.ctrl, o.ctrl, o.ctrlBytes = o.ctrl, prev.ctrl[:0], 0

@@ -112,11 +112,12 @@ type Server struct {
 	broker  Broker
 	cfg     Config
 	metrics *Metrics
-	// wsDropped counts messages dropped for WebSocket slow consumers.
-	wsDropped prometheus.Counter
-	failures  *failureLimiter
-	router    chi.Router
-	sessions  *sessionCounter
+	// wsDropped and wsOut count WebSocket messages dropped for slow
+	// consumers and written, looked up once.
+	wsDropped, wsOut prometheus.Counter
+	failures         *failureLimiter
+	router           chi.Router
+	sessions         *sessionCounter
 
 	closing   chan struct{} // closed by Shutdown
 	closeOnce sync.Once
@@ -140,6 +141,7 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 		live:     make(map[*session]struct{}),
 	}
 	s.wsDropped = s.metrics.dropped.WithLabelValues("ws")
+	s.wsOut = s.metrics.msgsOut.WithLabelValues("ws")
 	s.router = s.addRoutes()
 	return s
 }

@@ -13,7 +13,7 @@ import (
 // streamSink feeds one stream's outbox from its subscription.
 type streamSink struct{ o *outbox }
 
-func (s *streamSink) Deliver(m *bridge.Msg) { s.o.push("", m) }
+func (s *streamSink) Deliver(m *bridge.Msg) { s.o.push(nil, m) }
 
 // notice is an out-of-band line of a stream: an error (slow consumer) or
 // a status change, as a JSON object with an "op" and as plain text.

@@ -407,7 +407,7 @@ func (ss *session) sub(f *frame) {
 		ss.reply(f, fmt.Errorf("%w: at most %d subscriptions per session", errTooMany, s.cfg.WS.MaxSubscriptions))
 		return
 	}
-	sub, err := ss.conn.Subscribe(ss.context(), f.Subject, f.Queue, &wsSink{out: ss.out, sid: f.Sid}, s.cfg.MaxSubjectLen)
+	sub, err := ss.conn.Subscribe(ss.context(), f.Subject, f.Queue, newWSSink(ss.out, f.Sid), s.cfg.MaxSubjectLen)
 	if err == nil {
 		if ss.subs == nil {
 			ss.subs = make(map[string]*bridge.Subscription)
@@ -552,42 +552,34 @@ func (ss *session) ping() {
 }
 
 // writeLoop writes until the session's outbox is empty, then exits; the
-// outbox starts it again when something arrives. Each batch goes out in
-// one corked write with WriteTimeout: a client that does not take it in
-// time is closed.
+// outbox starts it again when something arrives. It frames the data
+// frames itself (corkedConn.text) and sends each batch in one write with
+// WriteTimeout: a client that does not take it in time is closed.
 func (ss *session) writeLoop() {
 	s := ss.s
-	out := s.metrics.msgsOut.WithLabelValues("ws")
 	var (
-		b   batch
-		ok  bool
-		buf []byte
+		b  batch
+		ok bool
 	)
 	for {
 		if b, ok = ss.out.take(b); !ok {
 			return
 		}
-		// Corked, the frames' writes only fill a buffer; the one write to
-		// the network has its own deadline, so the frames need no context
-		// (one would stay referenced by coder/websocket's writer).
-		ctx := noDeadline
 		ss.netc.cork(s.cfg.WriteTimeout)
 		err := func() error {
 			for _, c := range b.ctrl {
-				if err := ss.ws.Write(ctx, websocket.MessageText, c); err != nil {
+				if err := ss.netc.text(c); err != nil {
 					return err
 				}
 			}
 			for _, it := range b.items {
-				buf = append(append(append(buf[:0], `{"op":"msg","sid":"`...), it.sid...), `",`...)
-				buf = append(buf, it.msg.JSONFields()...)
-				if err := ss.ws.Write(ctx, websocket.MessageText, buf); err != nil {
+				if err := ss.netc.text(it.prefix, it.msg.JSONFields()); err != nil {
 					return err
 				}
 			}
-			out.Add(float64(len(b.items)))
+			s.wsOut.Add(float64(len(b.items)))
 			if b.dropped > 0 {
-				return ss.ws.Write(ctx, websocket.MessageText, fmt.Appendf(nil, `{"op":"error","status":429,"message":"slow consumer: %d dropped"}`, b.dropped))
+				return ss.netc.text(fmt.Appendf(nil, `{"op":"error","status":429,"message":"slow consumer: %d dropped"}`, b.dropped))
 			}
 			return nil
 		}()
@@ -602,11 +594,10 @@ func (ss *session) writeLoop() {
 		}
 		if err != nil {
 			ss.out.close()
-			ss.ws.CloseNow()
+			if !errors.Is(err, errCloseSent) {
+				ss.ws.CloseNow()
+			}
 			return
-		}
-		if cap(buf) > 64<<10 {
-			buf = nil
 		}
 	}
 }
@@ -635,8 +626,12 @@ func (ss *session) cleanupConn(c *bridge.Conn) {
 
 // wsSink feeds a session's queue from one subscription.
 type wsSink struct {
-	out *outbox
-	sid string
+	out    *outbox
+	prefix []byte // {"op":"msg","sid":"<sid>", : the frame before the message's fields
 }
 
-func (w *wsSink) Deliver(m *bridge.Msg) { w.out.push(w.sid, m) }
+func newWSSink(out *outbox, sid string) *wsSink {
+	return &wsSink{out: out, prefix: []byte(`{"op":"msg","sid":"` + sid + `",`)}
+}
+
+func (w *wsSink) Deliver(m *bridge.Msg) { w.out.push(w.prefix, m) }

@@ -491,3 +491,27 @@ func TestWSFrameSentWithTheUpgradeIsNotLost(t *testing.T) {
 		conn.Close()
 	}
 }
+
+// TestWSFramesOfEveryLengthEncoding delivers payloads whose frames use
+// each of the three WebSocket length encodings, and one large enough to
+// bypass the batch buffer.
+func TestWSFramesOfEveryLengthEncoding(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	w := g.dialWS(adminToken)
+	w.next("connected")
+	w.send(map[string]any{"op": "sub", "sid": "s", "subject": "sizes"})
+	w.next("ok")
+	nc := g.native(adminToken)
+	sizes := []int{0, 50, 125, 126, 1000, 65535, 70000, 900000}
+	for _, n := range sizes {
+		nc.Publish("sizes", []byte(strings.Repeat("x", n)))
+	}
+	nc.Flush()
+	for _, n := range sizes {
+		f := w.next("msg")
+		if got := len(f["data"].(string)); got != n {
+			t.Fatalf("payload of %d bytes arrived with %d", n, got)
+		}
+	}
+}

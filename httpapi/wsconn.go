@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
@@ -10,9 +11,12 @@ import (
 )
 
 // Buffer sizes of a hijacked WebSocket connection. net/http hands a
-// hijacker 4 KiB read and write buffers; an idle session needs neither, so
-// each gets a small one: frames larger than the read buffer are read
-// straight into their destination, and writes go through corkedConn.
+// hijacker 4 KiB read and write buffers; an idle session needs neither.
+// Frames larger than the read buffer are read straight into their
+// destination. coder/websocket writes only control frames (ping, pong,
+// close: at most 2+125 bytes) through its writer, so each reaches
+// corkedConn.Write whole; the session writes its data frames itself
+// (corkedConn.text).
 const (
 	wsReadBuffer  = 256
 	wsWriteBuffer = 128
@@ -48,17 +52,42 @@ func (u *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // corkBuffers recycles the buffers of corked writes between sessions.
 var corkBuffers = sync.Pool{New: func() any { b := make([]byte, 0, corkFlushAt); return &b }}
 
-// corkedConn gathers the frames a session's writer writes in one go into
-// one buffer and sends them with one write: a client with many messages
-// queued costs one syscall per batch instead of one per frame. Uncorked,
-// writes go straight through.
+// errCloseSent: no data frame may follow a close frame.
+var errCloseSent = errors.New("websocket close frame already sent")
+
+// opClose is the first byte of a final close frame.
+const opClose = 0x88
+
+// corkedConn is a session's connection. Its writer gathers the frames of a
+// batch into one buffer and sends them with one write (cork, text…,
+// uncork): a client with many messages queued costs one syscall per batch
+// instead of one per frame. Data frames are framed here, with no per-frame
+// locking beyond one mutex; coder/websocket's own writes (control frames)
+// join the batch when one is open, and go straight out otherwise.
 type corkedConn struct {
 	net.Conn
 	pending []byte // read before the connection; reader goroutine only
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte
+	mu        sync.Mutex
+	corked    bool
+	closeSent bool
+	buf       *[]byte
+	timeout   time.Duration // bound on each write to the network
+	deadline  time.Time     // the write deadline set on the connection
+}
+
+// freshDeadlineLocked gives the next write at least half of timeout,
+// resetting the connection's deadline only when the one set is running
+// out (a reset costs more than a clock read).
+func (c *corkedConn) freshDeadlineLocked() {
+	if c.timeout <= 0 {
+		return
+	}
+	now := time.Now()
+	if c.deadline.Sub(now) < c.timeout/2 {
+		c.deadline = now.Add(c.timeout)
+		_ = c.Conn.SetWriteDeadline(c.deadline)
+	}
 }
 
 func (c *corkedConn) Read(p []byte) (int, error) {
@@ -72,34 +101,73 @@ func (c *corkedConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// Write takes coder/websocket's frames: whole control frames (see
+// wsWriteBuffer), so a close frame is recognised by its first byte.
 func (c *corkedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.corked {
-		return c.Conn.Write(p)
+	if len(p) > 0 && p[0] == opClose {
+		c.closeSent = true
 	}
-	if len(p) >= corkFlushAt { // a large frame goes out as it is
-		if err := c.flushLocked(); err != nil {
-			return 0, err
-		}
+	if !c.corked {
+		c.freshDeadlineLocked()
 		return c.Conn.Write(p)
 	}
 	*c.buf = append(*c.buf, p...)
-	if len(*c.buf) >= corkFlushAt {
-		if err := c.flushLocked(); err != nil {
-			return 0, err
-		}
-	}
-	return len(p), nil
+	return len(p), c.flushIfFullLocked()
 }
 
-// cork starts gathering writes; uncork sends them, within timeout.
+// text appends one text frame whose payload is the concatenation of parts
+// to the open batch.
+func (c *corkedConn) text(parts ...[]byte) error {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeSent {
+		return errCloseSent
+	}
+	b := appendFrameHeader(*c.buf, n)
+	if n >= corkFlushAt { // a large frame goes out without copying its payload
+		bufs := net.Buffers{b}
+		for _, p := range parts {
+			bufs = append(bufs, p)
+		}
+		*c.buf = b[:0]
+		c.freshDeadlineLocked()
+		_, err := bufs.WriteTo(c.Conn)
+		return err
+	}
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	*c.buf = b
+	return c.flushIfFullLocked()
+}
+
+// appendFrameHeader appends the header of a final, unmasked text frame
+// with an n-byte payload (RFC 6455 section 5.2).
+func appendFrameHeader(b []byte, n int) []byte {
+	switch {
+	case n <= 125:
+		return append(b, 0x81, byte(n))
+	case n <= 0xffff:
+		return append(b, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		return append(b, 0x81, 127, byte(n>>56), byte(n>>48), byte(n>>40), byte(n>>32), byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+// cork opens a batch; uncork sends what is left. Every write to the
+// network, batched or not, must finish within timeout.
 func (c *corkedConn) cork(timeout time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = true
+	c.timeout = timeout
 	c.buf = corkBuffers.Get().(*[]byte)
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(timeout))
 }
 
 func (c *corkedConn) uncork() error {
@@ -107,17 +175,26 @@ func (c *corkedConn) uncork() error {
 	defer c.mu.Unlock()
 	err := c.flushLocked()
 	c.corked = false
-	*c.buf = (*c.buf)[:0]
-	corkBuffers.Put(c.buf)
+	if cap(*c.buf) <= 4*corkFlushAt { // a buffer grown by a large frame is not kept
+		*c.buf = (*c.buf)[:0]
+		corkBuffers.Put(c.buf)
+	}
 	c.buf = nil
-	_ = c.Conn.SetWriteDeadline(time.Time{})
 	return err
+}
+
+func (c *corkedConn) flushIfFullLocked() error {
+	if len(*c.buf) < corkFlushAt {
+		return nil
+	}
+	return c.flushLocked()
 }
 
 func (c *corkedConn) flushLocked() error {
 	if len(*c.buf) == 0 {
 		return nil
 	}
+	c.freshDeadlineLocked()
 	_, err := c.Conn.Write(*c.buf)
 	*c.buf = (*c.buf)[:0]
 	return err
