@@ -123,6 +123,21 @@ func (g *gateway) native(token string) *nats.Conn {
 	return nc
 }
 
+// nativeSub subscribes a native client (admin token) and makes sure the
+// server has the subscription before returning.
+func (g *gateway) nativeSub(subject string) *nats.Subscription {
+	g.t.Helper()
+	nc := g.native(adminToken)
+	sub, err := nc.SubscribeSync(subject)
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		g.t.Fatalf("native subscribe %s: %v", subject, err)
+	}
+	return sub
+}
+
 // do sends a request with an optional bearer token and returns the
 // response with its body read.
 func (g *gateway) do(method, path, token string, body io.Reader, hdr ...string) (*http.Response, []byte) {

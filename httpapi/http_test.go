@@ -19,10 +19,7 @@ import (
 func TestPublishAnswers204OnlyAfterServerHasMessage(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t)
-	sub, err := g.native(adminToken).SubscribeSync("orders.eu")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sub := g.nativeSub("orders.eu")
 	resp, body := g.do("POST", "/v1/publish/orders.eu?reply=orders.answers", adminToken, strings.NewReader("hello"),
 		"NatsH-Trace-Id", "abc", "NatsH-Trace-Id", "def", "X-Other", "not a nats header")
 	if resp.StatusCode != http.StatusNoContent {
@@ -47,7 +44,7 @@ func TestPublishAnswers204OnlyAfterServerHasMessage(t *testing.T) {
 func TestPublishBinaryAndEmptyPayloads(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t)
-	sub, _ := g.native(adminToken).SubscribeSync("bin")
+	sub := g.nativeSub("bin")
 	payloads := [][]byte{{0, 0xff, 0xfe, 10, 13}, {}}
 	for _, p := range payloads {
 		if resp, body := g.do("POST", "/v1/publish/bin", adminToken, strings.NewReader(string(p))); resp.StatusCode != 204 {

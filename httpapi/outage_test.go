@@ -94,7 +94,7 @@ func TestNATSOutageIsSurvived(t *testing.T) {
 func TestShutdownLetsInFlightPublishesFinish(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t)
-	sub, _ := g.native(adminToken).SubscribeSync("drain")
+	sub := g.nativeSub("drain")
 	var (
 		ok, refused atomic.Int64
 		wg          sync.WaitGroup

@@ -429,7 +429,7 @@ func TestWSStreamErrorsAreWSFrames(t *testing.T) {
 func TestWSPublishesKeepOrder(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t)
-	sub, _ := g.native(adminToken).SubscribeSync("seq")
+	sub := g.nativeSub("seq")
 	w := g.dialWS(adminToken)
 	w.next("connected")
 	const n = 500
