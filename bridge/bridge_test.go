@@ -197,11 +197,12 @@ func TestPublishConfirmedAfterServerHasIt(t *testing.T) {
 	t.Parallel()
 	e := startEmbedded(t, testTokens())
 	p := newTestPool(t, Config{Server: e})
-	sub, err := native(t, e, adminToken).SubscribeSync("greet")
+	nc := native(t, e, adminToken)
+	sub, err := nc.SubscribeSync("greet")
 	if err != nil {
 		t.Fatal(err)
 	}
-	native(t, e, adminToken).Flush()
+	nc.Flush()
 	c := mustAcquire(t, p, adminToken)
 	m := &Msg{Subject: "greet", Header: map[string][]string{"Trace": {"1"}}, Data: []byte("hi")}
 	if err := c.Publish(context.Background(), m, 0); err != nil {
