@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -341,15 +342,19 @@ func TestRequestReplyNoRespondersAndTimeout(t *testing.T) {
 type sinkFunc func(*Msg)
 
 func (f sinkFunc) Deliver(m *Msg) { f(m) }
+func (sinkFunc) Dropped(int)      {}
 
 // countSink is comparable (a pointer), as sinks must be.
 type countSink struct {
-	mu   sync.Mutex
-	msgs []*Msg
-	ch   chan struct{}
+	dropped atomic.Int64
+	mu      sync.Mutex
+	msgs    []*Msg
+	ch      chan struct{}
 }
 
 func newCountSink() *countSink { return &countSink{ch: make(chan struct{}, 1024)} }
+
+func (s *countSink) Dropped(n int) { s.dropped.Add(int64(n)) }
 
 func (s *countSink) Deliver(m *Msg) {
 	s.mu.Lock()
@@ -559,5 +564,58 @@ func TestPublishSpanningAReconnectIsNotConfirmed(t *testing.T) {
 	// After the reconnect, publishing is confirmed again.
 	if err := c.Publish(context.Background(), &Msg{Subject: "x"}, 0); err != nil {
 		t.Fatalf("publish after reconnect: %v", err)
+	}
+}
+
+// blockingSink holds up its subscription's callback until released.
+type blockingSink struct {
+	countSink
+	release chan struct{}
+}
+
+func (b *blockingSink) Deliver(m *Msg) {
+	<-b.release
+	b.countSink.Deliver(m)
+}
+
+func TestSubscriptionBufferIsBoundedAndDropsAreReported(t *testing.T) {
+	t.Parallel()
+	e := startEmbedded(t, testTokens())
+	p := newTestPool(t, Config{Server: e, PendingMsgs: 10, PendingBytes: 1 << 20})
+	c := mustAcquire(t, p, adminToken)
+	s := &blockingSink{countSink: *newCountSink(), release: make(chan struct{})}
+	sub, err := c.Subscribe(context.Background(), "slow", "", s, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	nc := native(t, e, adminToken)
+	for range 100 {
+		nc.Publish("slow", []byte("x"))
+	}
+	nc.Flush()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.dropped.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(s.release)
+	// Drops are told with the next message at the latest: every message
+	// is then either delivered or reported dropped.
+	nc.Publish("slow", []byte("last"))
+	nc.Flush()
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		got := int64(len(s.msgs))
+		s.mu.Unlock()
+		if got+s.dropped.Load() == 101 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.mu.Lock()
+	delivered := len(s.msgs)
+	s.mu.Unlock()
+	if d := s.dropped.Load(); d+int64(delivered) != 101 || d < 50 {
+		t.Fatalf("%d delivered and %d reported dropped of 101 published into a buffer of 10 behind a stuck callback", delivered, d)
 	}
 }

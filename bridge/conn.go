@@ -51,10 +51,13 @@ type Conn struct {
 	dialErr error
 	done    chan struct{} // closed when the connection closed for good
 
-	// Guarded by pool.mu.
-	refs      int
-	idleSince time.Time
-	removed   bool
+	// refs counts users; idleSince (unix ns) is when it last dropped to
+	// zero. Incremented under pool.mu (read-locked), decremented without
+	// it; the pool decides a connection is idle under pool.mu locked.
+	refs      atomic.Int64
+	idleSince atomic.Int64
+	ready     atomic.Bool // dialed successfully; nc is set
+	removed   bool        // guarded by pool.mu
 
 	// Publishes and subscriptions awaiting confirmation join the next
 	// flush round trip (next); at most maxRounds are in flight.
@@ -65,8 +68,9 @@ type Conn struct {
 
 	perms permissionLog
 
-	smu  sync.Mutex
-	subs map[string]*sharedSub // plain (no queue) subscriptions by subject
+	smu    sync.Mutex
+	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject
+	byNATS map[*nats.Subscription]*sharedSub // every subscription, for slow-consumer reports
 
 	lmu       sync.Mutex
 	listeners map[*func(Status)]struct{}
@@ -81,6 +85,7 @@ func newConn(p *Pool, key TokenKey) *Conn {
 		dialed:    make(chan struct{}),
 		done:      make(chan struct{}),
 		subs:      make(map[string]*sharedSub),
+		byNATS:    make(map[*nats.Subscription]*sharedSub),
 		listeners: make(map[*func(Status)]struct{}),
 	}
 	c.perms.init()
@@ -367,11 +372,17 @@ func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 	case errors.Is(err, nats.ErrPermissionViolation):
 		c.perms.record(err, c.muxSubject())
 	case errors.Is(err, nats.ErrSlowConsumer):
-		subject := ""
-		if sub != nil {
-			subject = sub.Subject
+		if sub == nil {
+			return
 		}
-		c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription", "token", c.name, "subject", subject)
+		c.smu.Lock()
+		ss := c.byNATS[sub]
+		c.smu.Unlock()
+		if ss != nil {
+			ss.reportDropped(sub)
+		}
+		c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription and NATS messages were dropped",
+			"token", c.name, "subject", sub.Subject)
 	default:
 		c.pool.cfg.Logger.Info("nats async error", "token", c.name, "err", err)
 	}
@@ -387,6 +398,9 @@ func (c *Conn) muxSubject() string {
 // subscription's NATS goroutine and must not block.
 type Sink interface {
 	Deliver(*Msg)
+	// Dropped reports n messages lost before the gateway could deliver
+	// them: the subscription's NATS buffer overflowed.
+	Dropped(n int)
 }
 
 // Subscription is one sink's interest in a subject.
@@ -412,6 +426,10 @@ type sharedSub struct {
 	sub            *nats.Subscription
 	ready          chan struct{}
 	err            error
+
+	dmu       sync.Mutex
+	reported  int         // nats.go drops already reported to the sinks
+	dropWatch atomic.Bool // drops were reported; check for more
 }
 
 // Subscribe delivers messages on subject (wildcards allowed) to sink, in
@@ -467,6 +485,12 @@ func (ss *sharedSub) start() {
 	if err != nil {
 		err = mapPublishError(err)
 	} else {
+		// Bound what nats.go buffers for this subscription when its
+		// callback falls behind (its default is 64 MiB each).
+		_ = nsub.SetPendingLimits(c.pool.cfg.PendingMsgs, c.pool.cfg.PendingBytes)
+		c.smu.Lock()
+		c.byNATS[nsub] = ss
+		c.smu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
 		_, err = c.confirm(ctx) // a reconnect meanwhile is harmless: nats.go resubscribes
 		cancel()
@@ -482,6 +506,9 @@ func (ss *sharedSub) start() {
 	if drop && c.subs[ss.subject] == ss {
 		delete(c.subs, ss.subject)
 	}
+	if drop && nsub != nil {
+		delete(c.byNATS, nsub)
+	}
 	c.smu.Unlock()
 	if drop && nsub != nil {
 		_ = nsub.Unsubscribe()
@@ -489,7 +516,36 @@ func (ss *sharedSub) start() {
 	close(ss.ready)
 }
 
+// reportDropped tells the sinks how many messages nats.go dropped since
+// the last report.
+func (ss *sharedSub) reportDropped(sub *nats.Subscription) {
+	total, err := sub.Dropped()
+	if err != nil {
+		return
+	}
+	ss.dmu.Lock()
+	n := total - ss.reported
+	ss.reported = total
+	ss.dmu.Unlock()
+	// nats.go reports a slow consumer once per episode, which lasts until
+	// it can queue a message again. While messages are queued (more may
+	// be dropped meanwhile) or a check still finds new drops, each
+	// delivery checks again, so drops are told with the next message at
+	// the latest; with nothing queued, the next drop starts a new episode.
+	pending, _, _ := sub.Pending()
+	ss.dropWatch.Store(n > 0 || pending > 0)
+	if n <= 0 {
+		return
+	}
+	for _, s := range *ss.sinks.Load() {
+		s.sink.Dropped(n)
+	}
+}
+
 func (ss *sharedSub) onMsg(nm *nats.Msg) {
+	if ss.dropWatch.Load() && nm.Sub != nil {
+		ss.reportDropped(nm.Sub)
+	}
 	m := fromNATS(nm)
 	for _, s := range *ss.sinks.Load() {
 		s.sink.Deliver(m)
@@ -520,6 +576,9 @@ func (ss *sharedSub) remove(s *Subscription) {
 		delete(c.subs, ss.subject)
 	}
 	sub := ss.sub
+	if last && sub != nil {
+		delete(c.byNATS, sub)
+	}
 	c.smu.Unlock()
 	if last && sub != nil {
 		_ = sub.Unsubscribe()

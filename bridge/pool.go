@@ -47,6 +47,12 @@ type Config struct {
 	// ReconnectWait is the pause between reconnection attempts after NATS
 	// goes away. Default 500 ms (with jitter).
 	ReconnectWait time.Duration
+	// PendingMsgs and PendingBytes bound what nats.go buffers for each
+	// subscription while the gateway's callback catches up; past them it
+	// drops messages and the subscription's clients are told. Defaults
+	// 65536 messages and 8 MiB (nats.go's own are 512Ki and 64 MiB).
+	PendingMsgs  int
+	PendingBytes int
 	// Logger receives connection events. Nil discards them.
 	Logger *slog.Logger
 }
@@ -73,6 +79,8 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxTokens, 1024)
 	defInt(&c.MaxRejects, 16384)
 	defInt(&c.MaxDialing, 32)
+	defInt(&c.PendingMsgs, 65536)
+	defInt(&c.PendingBytes, 8<<20)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -87,7 +95,7 @@ type Pool struct {
 	stop    chan struct{}
 	reaped  chan struct{}
 
-	mu      sync.Mutex
+	mu      sync.RWMutex
 	conns   map[TokenKey]*Conn
 	rejects map[TokenKey]time.Time
 	closed  bool
@@ -121,6 +129,15 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		return nil, fmt.Errorf("%w: no token", ErrUnauthorized)
 	}
 	key := KeyOf(token)
+	// The common case: the token's connection exists. A read lock lets
+	// concurrent requests of any token through together.
+	p.mu.RLock()
+	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
+		c.refs.Add(1)
+		p.mu.RUnlock()
+		return c, nil
+	}
+	p.mu.RUnlock()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -128,12 +145,10 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, fmt.Errorf("%w: the gateway is shutting down", ErrUnavailable)
 		}
 		if c := p.conns[key]; c != nil {
-			select {
-			case <-c.dialed:
-				c.refs++
+			if c.ready.Load() {
+				c.refs.Add(1)
 				p.mu.Unlock()
 				return c, nil
-			default:
 			}
 			p.mu.Unlock()
 			select {
@@ -176,7 +191,8 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		}
 		c.nc = nc
 		c.name = p.tokenName(key) // known once the server has checked the token
-		c.refs = 1
+		c.refs.Store(1)
+		c.ready.Store(true)
 		close(c.dialed)
 		p.mu.Unlock()
 		p.cfg.Logger.Debug("nats connected", "token", c.name, "server", nc.ConnectedUrlRedacted())
@@ -261,7 +277,7 @@ func (p *Pool) rememberRejectLocked(key TokenKey) {
 func (p *Pool) evictIdleLocked() bool {
 	var victim *Conn
 	for _, c := range p.conns {
-		if c.refs == 0 && c.nc != nil && (victim == nil || c.idleSince.Before(victim.idleSince)) {
+		if c.refs.Load() == 0 && c.ready.Load() && (victim == nil || c.idleSince.Load() < victim.idleSince.Load()) {
 			victim = c
 		}
 	}
@@ -275,12 +291,9 @@ func (p *Pool) evictIdleLocked() bool {
 }
 
 func (p *Pool) release(c *Conn) {
-	p.mu.Lock()
-	c.refs--
-	if c.refs == 0 {
-		c.idleSince = time.Now()
+	if c.refs.Add(-1) == 0 {
+		c.idleSince.Store(time.Now().UnixNano())
 	}
-	p.mu.Unlock()
 }
 
 // onClosed forgets a connection NATS closed for good (a revoked token,
@@ -304,7 +317,7 @@ func (p *Pool) Forget(keys ...TokenKey) {
 	p.mu.Lock()
 	var victims []*Conn
 	for _, k := range keys {
-		if c := p.conns[k]; c != nil && c.nc != nil {
+		if c := p.conns[k]; c != nil && c.ready.Load() {
 			delete(p.conns, k)
 			c.removed = true
 			c.revoked.Store(true)
@@ -329,7 +342,7 @@ func (p *Pool) reap() {
 			p.mu.Lock()
 			var idle []*Conn
 			for k, c := range p.conns {
-				if c.refs == 0 && c.nc != nil && now.Sub(c.idleSince) >= p.cfg.IdleTimeout {
+				if c.refs.Load() == 0 && c.ready.Load() && now.UnixNano()-c.idleSince.Load() >= int64(p.cfg.IdleTimeout) {
 					delete(p.conns, k)
 					c.removed = true
 					idle = append(idle, c)
@@ -357,13 +370,13 @@ type Stats struct {
 
 // Stats returns the pool's current figures.
 func (p *Pool) Stats() Stats {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.mu.RLock()
+	defer p.mu.RUnlock()
 	var s Stats
 	for _, c := range p.conns {
-		if c.nc != nil {
+		if c.ready.Load() {
 			s.Conns++
-			if c.refs > 0 {
+			if c.refs.Load() > 0 {
 				s.InUse++
 			}
 		}
@@ -375,18 +388,18 @@ func (p *Pool) Stats() Stats {
 // or, for external servers, a pooled connection is connected or a server
 // answers with its INFO line (checked at most once a second).
 func (p *Pool) Ready(ctx context.Context) error {
-	p.mu.Lock()
+	p.mu.RLock()
 	closed := p.closed
 	var held, connected int
 	for _, c := range p.conns {
-		if c.nc != nil {
+		if c.ready.Load() {
 			held++
 			if c.nc.IsConnected() {
 				connected++
 			}
 		}
 	}
-	p.mu.Unlock()
+	p.mu.RUnlock()
 	switch {
 	case closed:
 		return fmt.Errorf("%w: the gateway is shutting down", ErrUnavailable)
@@ -461,7 +474,7 @@ func (p *Pool) Close(ctx context.Context) error {
 	p.closed = true
 	var all []*Conn
 	for _, c := range p.conns {
-		if c.nc != nil {
+		if c.ready.Load() {
 			all = append(all, c)
 		}
 	}

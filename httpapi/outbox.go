@@ -111,6 +111,27 @@ func (o *outbox) push(prefix []byte, m *bridge.Msg) {
 	}
 }
 
+// noteDropped counts n messages lost before they reached the outbox (the
+// NATS subscription's own buffer overflowed), for the same notice as
+// drops here.
+func (o *outbox) noteDropped(n int) {
+	o.mu.Lock()
+	if o.closed {
+		o.mu.Unlock()
+		return
+	}
+	o.dropped += n
+	if o.behindSince.IsZero() {
+		o.behindSince = time.Now()
+	}
+	wake := o.wakeLocked()
+	o.mu.Unlock()
+	o.drops.Add(float64(n))
+	if wake {
+		o.waker.wake()
+	}
+}
+
 // pushCtrl queues a control frame, waiting while the control lane is over
 // its bound, until the writer takes or the outbox closes.
 func (o *outbox) pushCtrl(b []byte) {

@@ -33,6 +33,14 @@ func subjectParam(r *http.Request) (string, error) {
 	return s, nil
 }
 
+// queryValue is r.URL.Query().Get(name) without parsing an empty query.
+func queryValue(r *http.Request, name string) string {
+	if r.URL.RawQuery == "" {
+		return ""
+	}
+	return r.URL.Query().Get(name)
+}
+
 // natsHeaders maps "NatsH-<Name>: v" request headers to NATS headers
 // "<Name>: v". Go canonicalises HTTP header names, so <Name> arrives as
 // Canonical-Form.
@@ -104,7 +112,7 @@ func (s *Server) handlePublish() http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		if reply := r.URL.Query().Get("reply"); reply != "" {
+		if reply := queryValue(r, "reply"); reply != "" {
 			if err := bridge.ValidatePublishSubject(reply, s.cfg.MaxSubjectLen); err != nil {
 				writeError(w, r, fmt.Errorf("reply: %w", err))
 				return
@@ -186,7 +194,7 @@ func (s *Server) handleRequest() http.HandlerFunc {
 			writeError(w, r, err)
 			return
 		}
-		timeout, err := parseTimeout(r.URL.Query().Get("timeout"), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout)
+		timeout, err := parseTimeout(queryValue(r, "timeout"), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout)
 		if err != nil {
 			writeError(w, r, err)
 			return

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -22,6 +23,9 @@ type failureLimiter struct {
 
 	mu    sync.Mutex
 	addrs map[string]*failWindow
+	// tracked is len(addrs), so the usual case (no failures anywhere)
+	// needs no lock.
+	tracked atomic.Int64
 }
 
 type failWindow struct {
@@ -42,7 +46,7 @@ func ipOf(remote string) string {
 
 // check returns errTooManyFailed while remote is over its limit.
 func (l *failureLimiter) check(remote string) error {
-	if l.limit <= 0 {
+	if l.limit <= 0 || l.tracked.Load() == 0 {
 		return nil
 	}
 	l.mu.Lock()
@@ -54,6 +58,7 @@ func (l *failureLimiter) check(remote string) error {
 	left := l.window - time.Since(w.start)
 	if left <= 0 {
 		delete(l.addrs, ipOf(remote))
+		l.tracked.Store(int64(len(l.addrs)))
 		return nil
 	}
 	return &limitedError{left: left}
@@ -95,4 +100,5 @@ func (l *failureLimiter) fail(remote string) {
 		l.addrs[ip] = w
 	}
 	w.n++
+	l.tracked.Store(int64(len(l.addrs)))
 }

@@ -14,6 +14,7 @@ import (
 type streamSink struct{ o *outbox }
 
 func (s *streamSink) Deliver(m *bridge.Msg) { s.o.push(nil, m) }
+func (s *streamSink) Dropped(n int)         { s.o.noteDropped(n) }
 
 // notice is an out-of-band line of a stream: an error (slow consumer) or
 // a status change, as a JSON object with an "op" and as plain text.

@@ -635,3 +635,4 @@ func newWSSink(out *outbox, sid string) *wsSink {
 }
 
 func (w *wsSink) Deliver(m *bridge.Msg) { w.out.push(w.prefix, m) }
+func (w *wsSink) Dropped(n int)         { w.out.noteDropped(n) }
