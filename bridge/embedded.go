@@ -68,6 +68,14 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		if opts, err = LoadServerConfig(cfg.ConfigFile); err != nil {
 			return nil, fmt.Errorf("nats config: %w", err)
 		}
+		// nats-server would listen on every interface without a host;
+		// the gateway's embedded server stays on loopback unless told.
+		if opts.Host == "" {
+			opts.Host = "127.0.0.1"
+		}
+		if opts.Port == 0 {
+			opts.Port = 4222
+		}
 	} else {
 		opts.Host, opts.Port = "127.0.0.1", 4222
 	}
