@@ -515,3 +515,26 @@ func TestWSFramesOfEveryLengthEncoding(t *testing.T) {
 		}
 	}
 }
+
+// TestWSDeadPeersAreClosed: a client that stops answering pings (it never
+// reads, so it never sends a pong) is closed by the gateway.
+func TestWSDeadPeersAreClosed(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, func(o *gatewayOptions) {
+		o.cfg.KeepAlive = 50 * time.Millisecond
+		o.cfg.WriteTimeout = 300 * time.Millisecond
+	})
+	live := g.dialWS(adminToken) // reads, so it answers pings
+	live.next("connected")
+	dead := g.rawSession(t) // reads its connected frame, then nothing
+	defer dead.CloseNow()
+	waitFor(t, "the silent session to be closed", func() bool {
+		return metricValue(t, g, `natsgate_open_streams{transport="ws"}`) == 1
+	})
+	time.Sleep(200 * time.Millisecond) // several ping rounds
+	live.send(map[string]any{"op": "ping"})
+	live.next("pong")
+	if got := metricValue(t, g, `natsgate_open_streams{transport="ws"}`); got != 1 {
+		t.Fatalf("%v sessions open, want only the live one", got)
+	}
+}
