@@ -104,12 +104,11 @@ func (s *Server) connect(ctx context.Context, remote, token string) (*bridge.Con
 	return c, nil
 }
 
-// authenticate is connect for an HTTP request's bearer token.
-func (s *Server) authenticate(r *http.Request) (*bridge.Conn, error) {
+// bearer is bearerToken, counting a missing token.
+func (s *Server) bearer(r *http.Request) (string, error) {
 	tok, err := bearerToken(r)
 	if err != nil {
 		s.metrics.authFailures.WithLabelValues("missing").Inc()
-		return nil, err
 	}
-	return s.connect(r.Context(), r.RemoteAddr, tok)
+	return tok, err
 }

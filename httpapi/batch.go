@@ -74,27 +74,22 @@ type batchResult struct {
 // confirmation round trip for all; 204 when all were published, else 207
 // with a result per entry. Bad entries do not stop good ones.
 func (s *Server) handlePublishBatch() http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, err := bearerToken(r)
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		tok, err := s.bearer(r)
 		if err != nil {
-			s.metrics.authFailures.WithLabelValues("missing").Inc()
-			writeError(w, r, err)
-			return
+			return err
 		}
 		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-ndjson" && mt != "application/jsonl" {
-			writeError(w, r, fmt.Errorf("%w: send Content-Type: application/x-ndjson, one JSON entry per line", errUnsupported))
-			return
+			return fmt.Errorf("%w: send Content-Type: application/x-ndjson, one JSON entry per line", errUnsupported)
 		}
 		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		defer c.Release()
 		body, err := s.readBody(w, r, s.cfg.MaxBatchBytes)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		var (
 			msgs []*bridge.Msg
@@ -108,8 +103,7 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 				continue
 			}
 			if len(msgs) == s.cfg.MaxBatchEntries {
-				writeError(w, r, badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries))
-				return
+				return badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries)
 			}
 			var wm wireMsg
 			m, err := (*bridge.Msg)(nil), json.Unmarshal(line, &wm)
@@ -124,8 +118,7 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 			msgs, errs = append(msgs, m), append(errs, err)
 		}
 		if len(msgs) == 0 {
-			writeError(w, r, badRequest("empty batch: send one JSON entry per line"))
-			return
+			return badRequest("empty batch: send one JSON entry per line")
 		}
 		var valid []*bridge.Msg
 		var at []int
@@ -155,9 +148,10 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 		case failed == 0:
 			w.WriteHeader(http.StatusNoContent)
 		case unavailable == len(msgs):
-			writeError(w, r, errs[0])
+			return errs[0]
 		default:
 			writeJSON(w, http.StatusMultiStatus, map[string]any{"results": results})
 		}
-	}
+		return nil
+	})
 }

@@ -100,59 +100,76 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) (
 // handlePublish handles "POST /v1/publish/{subject}": the body is the
 // payload; 204 once the NATS server has the message.
 func (s *Server) handlePublish() http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, err := bearerToken(r)
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		tok, m, err := s.messageFromRequest(r)
 		if err != nil {
-			s.metrics.authFailures.WithLabelValues("missing").Inc()
-			writeError(w, r, err)
-			return
-		}
-		m, err := s.messageFromRequest(r)
-		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		if reply := queryValue(r, "reply"); reply != "" {
 			if err := bridge.ValidatePublishSubject(reply, s.cfg.MaxSubjectLen); err != nil {
-				writeError(w, r, fmt.Errorf("reply: %w", err))
-				return
+				return fmt.Errorf("reply: %w", err)
 			}
 			m.Reply = reply
 		}
-		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+		c, err := s.connectWithBody(w, r, tok, m)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		defer c.Release()
-		if m.Data, err = s.readBody(w, r, c.MaxPayload()); err != nil {
-			writeError(w, r, err)
-			return
-		}
 		if err := c.Publish(r.Context(), m, s.cfg.MaxSubjectLen); err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		s.metrics.msgsIn.WithLabelValues("http").Inc()
 		w.WriteHeader(http.StatusNoContent)
+		return nil
+	})
+}
+
+// apiHandler adapts a handler that returns its error: the one place an
+// HTTP handler's error becomes problem+json (a streaming handler returns
+// nil once its stream has begun).
+func apiHandler(h func(http.ResponseWriter, *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			writeError(w, r, err)
+		}
 	}
 }
 
-// messageFromRequest reads and checks the subject and NATS headers of a
-// publish or request, before anything reaches NATS.
-func (s *Server) messageFromRequest(r *http.Request) (*bridge.Msg, error) {
+// connectWithBody gets the token's connection and reads the request body,
+// bounded by the server's max_payload, into m. The caller releases the
+// connection.
+func (s *Server) connectWithBody(w http.ResponseWriter, r *http.Request, tok string, m *bridge.Msg) (*bridge.Conn, error) {
+	c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+	if err != nil {
+		return nil, err
+	}
+	if m.Data, err = s.readBody(w, r, c.MaxPayload()); err != nil {
+		c.Release()
+		return nil, err
+	}
+	return c, nil
+}
+
+// messageFromRequest reads and checks the token, subject and NATS headers
+// of a publish or request, before anything reaches NATS.
+func (s *Server) messageFromRequest(r *http.Request) (string, *bridge.Msg, error) {
+	tok, err := s.bearer(r)
+	if err != nil {
+		return "", nil, err
+	}
 	subject, err := subjectParam(r)
 	if err == nil {
 		err = bridge.ValidatePublishSubject(subject, s.cfg.MaxSubjectLen)
 	}
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
 	h, err := natsHeaders(r.Header)
 	if err != nil {
-		return nil, err
+		return "", nil, err
 	}
-	return &bridge.Msg{Subject: subject, Header: h}, nil
+	return tok, &bridge.Msg{Subject: subject, Header: h}, nil
 }
 
 // parseTimeout reads a timeout given as a Go duration ("500ms", "2s") or a
@@ -182,37 +199,23 @@ func parseTimeout(v string, def, max time.Duration) (time.Duration, error) {
 // handleRequest handles "POST /v1/request/{subject}": request/reply; the
 // reply's payload is the body and its NATS headers come back as NatsH-*.
 func (s *Server) handleRequest() http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, err := bearerToken(r)
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		tok, m, err := s.messageFromRequest(r)
 		if err != nil {
-			s.metrics.authFailures.WithLabelValues("missing").Inc()
-			writeError(w, r, err)
-			return
-		}
-		m, err := s.messageFromRequest(r)
-		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		timeout, err := parseTimeout(queryValue(r, "timeout"), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
-		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+		c, err := s.connectWithBody(w, r, tok, m)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		defer c.Release()
-		if m.Data, err = s.readBody(w, r, c.MaxPayload()); err != nil {
-			writeError(w, r, err)
-			return
-		}
 		reply, err := c.Request(r.Context(), m, timeout, s.cfg.MaxSubjectLen)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		s.metrics.msgsIn.WithLabelValues("http").Inc()
 		h := w.Header()
@@ -223,5 +226,6 @@ func (s *Server) handleRequest() http.HandlerFunc {
 		h.Set("Content-Length", strconv.Itoa(len(reply.Data)))
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write(reply.Data)
-	}
+		return nil
+	})
 }

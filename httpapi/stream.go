@@ -81,12 +81,10 @@ func wantsNDJSON(accept string) bool {
 // streamed as Server-Sent Events or NDJSON until the client leaves, the
 // token's connection closes or the gateway shuts down.
 func (s *Server) handleSubscribe() http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		tok, err := bearerToken(r)
+	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
+		tok, err := s.bearer(r)
 		if err != nil {
-			s.metrics.authFailures.WithLabelValues("missing").Inc()
-			writeError(w, r, err)
-			return
+			return err
 		}
 		subject, err := subjectParam(r)
 		if err == nil {
@@ -97,8 +95,7 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 			err = bridge.ValidateQueue(queue, s.cfg.MaxSubjectLen)
 		}
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		var f streamFormat = sseFormat{}
 		if wantsNDJSON(r.Header.Get("Accept")) {
@@ -106,8 +103,7 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		}
 		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		defer c.Release()
 		wake := make(chanWaker, 1)
@@ -115,8 +111,7 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		defer box.close()
 		sub, err := c.Subscribe(r.Context(), subject, queue, &streamSink{o: box}, s.cfg.MaxSubjectLen)
 		if err != nil {
-			writeError(w, r, err)
-			return
+			return err
 		}
 		defer sub.Close()
 		status := make(chan bridge.Status, 8)
@@ -142,7 +137,8 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		h.Set("X-Accel-Buffering", "no")
 		w.WriteHeader(http.StatusOK)
 		s.pumpStream(w, r, c, f, box, wake, status)
-	}
+		return nil
+	})
 }
 
 // pumpStream writes a stream until it ends. Every write has a deadline, so

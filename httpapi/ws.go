@@ -155,7 +155,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 		}
 		var c *bridge.Conn
 		if r.Header.Get("Authorization") != "" {
-			tok, err := bearerToken(r)
+			tok, err := s.bearer(r)
 			if err == nil {
 				c, err = s.connect(r.Context(), r.RemoteAddr, tok)
 			}
