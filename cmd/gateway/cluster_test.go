@@ -199,30 +199,12 @@ func clFreePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// clLog is a goroutine-safe buffer for a process's stderr.
-type clLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *clLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *clLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // clGateway is a gateway process.
 type clGateway struct {
 	name    string
 	base    string
 	cmd     *exec.Cmd
-	stderr  *clLog
+	stderr  *syncBuffer
 	exited  chan struct{}
 	waitErr error // set before exited closes
 }
@@ -234,7 +216,7 @@ var clAddrRe = regexp.MustCompile(`natsgate listening"?,?\s?"?addr"?[=:]"?([0-9.
 func clStartGateway(t *testing.T, bin, name string, args ...string) *clGateway {
 	t.Helper()
 	args = append([]string{"--listen", "127.0.0.1:0", "--token", clusterToken, "--shutdown-timeout", "5s"}, args...)
-	g := &clGateway{name: name, cmd: exec.Command(bin, args...), stderr: &clLog{}, exited: make(chan struct{})}
+	g := &clGateway{name: name, cmd: exec.Command(bin, args...), stderr: &syncBuffer{}, exited: make(chan struct{})}
 	g.cmd.Stdout = g.stderr
 	g.cmd.Stderr = g.stderr
 	g.cmd.Env = append(os.Environ(), "GATEWAY_LOG_FORMAT=text") // the rest comes from the flags
