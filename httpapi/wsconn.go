@@ -18,7 +18,7 @@ import (
 // corkedConn.Write whole; the session writes its data frames itself
 // (corkedConn.text).
 const (
-	wsReadBuffer  = 256
+	wsReadBuffer  = 128
 	wsWriteBuffer = 128
 	corkFlushAt   = 64 << 10
 )
