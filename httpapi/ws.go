@@ -184,6 +184,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 		// The session runs on a goroutine of its own and this handler
 		// returns: the request, its buffers and the router's deep stack are
 		// not kept for the session's lifetime.
+		uw.conn.timeout = s.cfg.WriteTimeout // for coder/websocket's own writes, from the first
 		sess := newSession(s, ws, uw.conn, r.RemoteAddr, requestID(r.Context()))
 		go sess.run(c)
 	}
@@ -565,7 +566,7 @@ func (ss *session) writeLoop() {
 		if b, ok = ss.out.take(b); !ok {
 			return
 		}
-		ss.netc.cork(s.cfg.WriteTimeout)
+		ss.netc.cork()
 		err := func() error {
 			for _, c := range b.ctrl {
 				if err := ss.netc.text(c); err != nil {

@@ -72,7 +72,7 @@ type corkedConn struct {
 	corked    bool
 	closeSent bool
 	buf       *[]byte
-	timeout   time.Duration // bound on each write to the network
+	timeout   time.Duration // bound on each write to the network; set before use
 	deadline  time.Time     // the write deadline set on the connection
 }
 
@@ -161,12 +161,11 @@ func appendFrameHeader(b []byte, n int) []byte {
 }
 
 // cork opens a batch; uncork sends what is left. Every write to the
-// network, batched or not, must finish within timeout.
-func (c *corkedConn) cork(timeout time.Duration) {
+// network, batched or not, must finish within the connection's timeout.
+func (c *corkedConn) cork() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = true
-	c.timeout = timeout
 	c.buf = corkBuffers.Get().(*[]byte)
 }
 
