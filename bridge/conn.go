@@ -200,32 +200,22 @@ func (c *Conn) Publish(ctx context.Context, m *Msg, maxSubject int) error {
 // one round trip. errs[i] is nil when msgs[i] reached the server.
 func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (errs []error) {
 	errs = make([]error, len(msgs))
+	// One snapshot before the first publish serves every message.
 	seq, rc := c.perms.seq(), c.reconnects()
-	sent := false
+	anySent := false
 	for i, m := range msgs {
-		if errs[i] = c.check(m, maxSubject); errs[i] != nil {
-			continue
+		if errs[i] = c.check(m, maxSubject); errs[i] == nil {
+			errs[i] = c.publish(m)
 		}
-		if err := c.nc.PublishMsg(m.toNATS()); err != nil {
-			errs[i] = mapPublishError(err)
-			continue
-		}
-		sent = true
+		anySent = anySent || errs[i] == nil
 	}
-	if !sent {
+	if !anySent {
 		return errs
 	}
 	after, cerr := c.confirm(ctx)
-	if cerr == nil && after != rc {
-		cerr = errLostInReconnect
-	}
 	for i, m := range msgs {
 		if errs[i] == nil {
-			if cerr != nil {
-				errs[i] = cerr
-			} else {
-				errs[i] = c.perms.publishDenied(seq, m.Subject, m.Reply)
-			}
+			errs[i] = c.outcome(after, cerr, sent{subject: m.Subject, reply: m.Reply, seq: seq, rc: rc})
 		}
 	}
 	return errs
@@ -237,10 +227,7 @@ func (c *Conn) PublishAsync(m *Msg, maxSubject int) error {
 	if err := c.check(m, maxSubject); err != nil {
 		return err
 	}
-	if err := c.nc.PublishMsg(m.toNATS()); err != nil {
-		return mapPublishError(err)
-	}
-	return nil
+	return c.publish(m)
 }
 
 // Request sends a request and waits up to timeout for the reply. A
@@ -611,6 +598,15 @@ func (c *Conn) send(m *Msg, maxSubject int) (sent, error) {
 		return sent{}, err
 	}
 	p := sent{subject: m.Subject, reply: m.Reply, seq: c.perms.seq(), rc: c.reconnects()}
+	if err := c.publish(m); err != nil {
+		return sent{}, err
+	}
+	return p, nil
+}
+
+// publish hands a checked message to nats.go, sparing a nats.Msg when it
+// has no headers.
+func (c *Conn) publish(m *Msg) error {
 	var err error
 	switch {
 	case len(m.Header) > 0:
@@ -621,14 +617,20 @@ func (c *Conn) send(m *Msg, maxSubject int) (sent, error) {
 		err = c.nc.Publish(m.Subject, m.Data)
 	}
 	if err != nil {
-		return sent{}, mapPublishError(err)
+		return mapPublishError(err)
 	}
-	return p, nil
+	return nil
 }
 
 // confirmSent waits for the round trip that confirms a sent message.
 func (c *Conn) confirmSent(ctx context.Context, p sent) error {
 	after, err := c.confirm(ctx)
+	return c.outcome(after, err, p)
+}
+
+// outcome is what a confirmation round (its reconnect count after, or its
+// error) means for a message sent before it.
+func (c *Conn) outcome(after uint64, err error, p sent) error {
 	switch {
 	case err != nil:
 		return err

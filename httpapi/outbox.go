@@ -70,19 +70,29 @@ func (c chanWaker) wake() {
 	}
 }
 
-// wakeLocked marks the writer running; the caller calls wake after
-// unlocking when it returns true.
-func (o *outbox) wakeLocked() bool {
-	if o.running || o.closed {
-		return false
+// unlockWaking unlocks the outbox and, when no writer is running, marks
+// one running and wakes it: the one way producers start the writer.
+func (o *outbox) unlockWaking() {
+	wake := !o.running && !o.closed
+	o.running = o.running || wake
+	o.mu.Unlock()
+	if wake {
+		o.waker.wake()
 	}
-	o.running = true
-	return true
+}
+
+// dropLocked counts n messages lost to this client.
+func (o *outbox) dropLocked(n int) {
+	o.dropped += n
+	if o.behindSince.IsZero() {
+		o.behindSince = time.Now()
+	}
 }
 
 // push queues a subscription message, or drops it when the message lane is
 // at its bound (a message larger than the whole bound still goes through
-// an empty lane).
+// an empty lane). A drop needs no wake-up: with messages queued, the
+// writer is running.
 func (o *outbox) push(prefix []byte, m *bridge.Msg) {
 	size := itemSize(m)
 	o.mu.Lock()
@@ -91,10 +101,7 @@ func (o *outbox) push(prefix []byte, m *bridge.Msg) {
 		return
 	}
 	if o.bytes+size > o.limit && len(o.items) > 0 {
-		o.dropped++
-		if o.behindSince.IsZero() {
-			o.behindSince = time.Now()
-		}
+		o.dropLocked(1)
 		o.mu.Unlock()
 		o.drops.Inc()
 		return
@@ -104,11 +111,7 @@ func (o *outbox) push(prefix []byte, m *bridge.Msg) {
 	}
 	o.items = append(o.items, outItem{prefix: prefix, msg: m, size: size})
 	o.bytes += size
-	wake := o.wakeLocked()
-	o.mu.Unlock()
-	if wake {
-		o.waker.wake()
-	}
+	o.unlockWaking()
 }
 
 // noteDropped counts n messages lost before they reached the outbox (the
@@ -120,16 +123,20 @@ func (o *outbox) noteDropped(n int) {
 		o.mu.Unlock()
 		return
 	}
-	o.dropped += n
-	if o.behindSince.IsZero() {
-		o.behindSince = time.Now()
-	}
-	wake := o.wakeLocked()
-	o.mu.Unlock()
+	o.dropLocked(n)
+	o.unlockWaking()
 	o.drops.Add(float64(n))
-	if wake {
-		o.waker.wake()
-	}
+}
+
+// ctrlFitsLocked reports whether the control lane has room; an empty lane
+// takes a frame of any size.
+func (o *outbox) ctrlFitsLocked() bool { return o.ctrlBytes < o.limit || len(o.ctrl) == 0 }
+
+// appendCtrlUnlock queues a control frame and unlocks.
+func (o *outbox) appendCtrlUnlock(b []byte) {
+	o.ctrl = append(o.ctrl, b)
+	o.ctrlBytes += len(b)
+	o.unlockWaking()
 }
 
 // pushCtrl queues a control frame, waiting while the control lane is over
@@ -141,14 +148,8 @@ func (o *outbox) pushCtrl(b []byte) {
 			o.mu.Unlock()
 			return
 		}
-		if o.ctrlBytes < o.limit || len(o.ctrl) == 0 {
-			o.ctrl = append(o.ctrl, b)
-			o.ctrlBytes += len(b)
-			wake := o.wakeLocked()
-			o.mu.Unlock()
-			if wake {
-				o.waker.wake()
-			}
+		if o.ctrlFitsLocked() {
+			o.appendCtrlUnlock(b)
 			return
 		}
 		if o.space == nil {
@@ -164,17 +165,11 @@ func (o *outbox) pushCtrl(b []byte) {
 // notices from callbacks, which must not wait.
 func (o *outbox) tryCtrl(b []byte) {
 	o.mu.Lock()
-	if o.closed || (o.ctrlBytes >= o.limit && len(o.ctrl) > 0) {
+	if o.closed || !o.ctrlFitsLocked() {
 		o.mu.Unlock()
 		return
 	}
-	o.ctrl = append(o.ctrl, b)
-	o.ctrlBytes += len(b)
-	wake := o.wakeLocked()
-	o.mu.Unlock()
-	if wake {
-		o.waker.wake()
-	}
+	o.appendCtrlUnlock(b)
 }
 
 // batch is what a writer takes in one go.
