@@ -4,11 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +14,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // gateway is a gateway subprocess with an embedded nats-server.
@@ -31,22 +30,6 @@ type gateway struct {
 
 	mu   sync.Mutex
 	logs []string // warnings and errors it logged
-}
-
-func newToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-// freePort returns a loopback port nobody listened on a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // startGateway runs the gateway binary with the bench's bounds plus extra
@@ -66,11 +49,11 @@ func (b *bench) startGateway(ctx context.Context, name string, extra ...string) 
 }
 
 func (b *bench) startGatewayOnce(ctx context.Context, name string, extra ...string) (*gateway, error) {
-	httpPort, err := freePort()
+	httpPort, err := gatewayproc.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	natsPort, err := freePort()
+	natsPort, err := gatewayproc.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -78,7 +61,7 @@ func (b *bench) startGatewayOnce(ctx context.Context, name string, extra ...stri
 		name:    name,
 		addr:    "127.0.0.1:" + strconv.Itoa(httpPort),
 		natsURL: "nats://127.0.0.1:" + strconv.Itoa(natsPort),
-		token:   newToken(),
+		token:   gatewayproc.Token(),
 		exited:  make(chan struct{}),
 	}
 	args := []string{

@@ -26,6 +26,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // options are the command line.
@@ -200,15 +202,10 @@ func raiseNoFile() uint64 {
 // revision exported with git archive (the repository is not touched).
 // It returns the binary and what it was built from.
 func buildGateway(ctx context.Context, dir, ref string) (bin, source string, err error) {
-	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	root, err := gatewayproc.ModuleRoot(ctx)
 	if err != nil {
-		return "", "", fmt.Errorf("go env GOMOD: %w", err)
+		return "", "", err
 	}
-	gomod := strings.TrimSpace(string(out))
-	if gomod == "" || gomod == os.DevNull {
-		return "", "", fmt.Errorf("not inside a Go module: run from the natsgate repository")
-	}
-	root := filepath.Dir(gomod)
 	src := root
 	source = "./cmd/gateway built from the working tree: " + sourceState(ctx, root)
 	if ref != "" {
@@ -237,13 +234,9 @@ func buildGateway(ctx context.Context, dir, ref string) (bin, source string, err
 		}
 		source = fmt.Sprintf("./cmd/gateway built from commit %s (-ref %s)", strings.TrimSpace(string(rev)), ref)
 	}
-	bin = filepath.Join(dir, "gateway")
 	t := time.Now()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/gateway")
-	cmd.Dir = src
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
-		return "", "", fmt.Errorf("go build ./cmd/gateway: %w", err)
+	if bin, err = gatewayproc.Build(ctx, src, dir); err != nil {
+		return "", "", err
 	}
 	logf("built in %s: %s", time.Since(t).Round(100*time.Millisecond), source)
 	return bin, source, nil

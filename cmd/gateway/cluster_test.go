@@ -7,12 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,6 +21,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // The cluster tests run the real gateway binary, several at once, on
@@ -168,32 +168,30 @@ func testClusterStatelessGateways(t *testing.T, bin string) {
 	}
 }
 
-// clBuildGateway builds this directory's binary into a temporary directory.
+// clBuildGateway builds the gateway into a temporary directory.
 func clBuildGateway(t *testing.T) string {
 	t.Helper()
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("no go command on PATH to build the gateway with: %v", err)
-	}
-	bin := filepath.Join(t.TempDir(), "gateway")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, goBin, "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
+	root, err := gatewayproc.ModuleRoot(ctx)
+	if err == nil {
+		var bin string
+		if bin, err = gatewayproc.Build(ctx, root, t.TempDir()); err == nil {
+			return bin
+		}
 	}
-	return bin
+	t.Fatal(err)
+	return ""
 }
 
 // clFreePort returns a loopback port that was free a moment ago.
 func clFreePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := gatewayproc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // clGateway is a gateway process.
@@ -205,8 +203,6 @@ type clGateway struct {
 	exited  chan struct{}
 	waitErr error // set before exited closes
 }
-
-var clAddrRe = regexp.MustCompile(`natsgate listening"?,?\s?"?addr"?[=:]"?([0-9.]+:[0-9]+)`)
 
 // clStartGateway starts the binary with the shared token and waits for
 // it to log its address. Cleanup kills it; on failure its log is shown.
@@ -233,8 +229,8 @@ func clStartGateway(t *testing.T, bin, name string, args ...string) *clGateway {
 	})
 	deadline := time.After(15 * time.Second)
 	for {
-		if m := clAddrRe.FindStringSubmatch(g.stderr.String()); m != nil {
-			g.base = "http://" + m[1]
+		if addr, ok := gatewayproc.ListenAddr(g.stderr.String()); ok {
+			g.base = "http://" + addr
 			return g
 		}
 		select {

@@ -19,6 +19,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // syncBuffer is an io.Writer safe for the gateway's goroutines.
@@ -48,8 +50,6 @@ type started struct {
 }
 
 var (
-	// Both log formats: addr=127.0.0.1:1 and "addr":"127.0.0.1:1".
-	addrRe = regexp.MustCompile(`natsgate listening"?,?\s?"?addr"?[=:]"?([0-9.]+:[0-9]+)`)
 	natsRe = regexp.MustCompile(`client_url"?[=:]"?(nats://[0-9.]+:[0-9]+)`)
 )
 
@@ -63,8 +63,8 @@ func start(t *testing.T, env map[string]string, args ...string) *started {
 	go func() { s.done <- run(ctx, args, func(k string) string { return env[k] }, s.stdout, s.stderr) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if m := addrRe.FindStringSubmatch(s.stderr.String()); m != nil {
-			s.base = "http://" + m[1]
+		if addr, ok := gatewayproc.ListenAddr(s.stderr.String()); ok {
+			s.base = "http://" + addr
 			break
 		}
 		select {

@@ -24,19 +24,14 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +40,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 type options struct {
@@ -122,8 +119,8 @@ func run(ctx context.Context, o options) int {
 	ctx, cancel := context.WithTimeout(ctx, o.duration+5*time.Minute)
 	defer cancel()
 
-	token := randomToken()
-	port, err := freePort()
+	token := gatewayproc.Token()
+	port, err := gatewayproc.FreePort()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2
@@ -318,21 +315,6 @@ func waitGroupTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	}
 }
 
-func randomToken() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 // startNATS runs a token-authenticated nats-server in this process.
 func startNATS(port int, token string) (*server.Server, error) {
 	s, err := server.NewServer(&server.Options{
@@ -356,24 +338,13 @@ func startNATS(port int, token string) (*server.Server, error) {
 
 // buildGateway builds ./cmd/gateway of this module into dir.
 func buildGateway(ctx context.Context, dir string) (string, error) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return "", errors.New("no go command in PATH")
-	}
-	out, err := exec.CommandContext(ctx, goBin, "env", "GOMOD").Output()
-	gomod := strings.TrimSpace(string(out))
-	if err != nil || gomod == "" || gomod == os.DevNull {
-		return "", fmt.Errorf("run soak inside the natsgate module (go env GOMOD: %q, %v)", gomod, err)
-	}
-	bin := filepath.Join(dir, "gateway")
 	bctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(bctx, goBin, "build", "-o", bin, "./cmd/gateway")
-	cmd.Dir = filepath.Dir(gomod)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/gateway: %v\n%s", err, out)
+	root, err := gatewayproc.ModuleRoot(bctx)
+	if err != nil {
+		return "", err
 	}
-	return bin, nil
+	return gatewayproc.Build(bctx, root, dir)
 }
 
 // logBuffer is a goroutine-safe buffer for the gateway's log.
@@ -422,8 +393,6 @@ type gatewayProc struct {
 	metrics *http.Client
 }
 
-var addrRe = regexp.MustCompile(`natsgate listening"?,?\s?"?addr"?[=:]"?([0-9.]+:[0-9]+)`)
-
 func startGateway(ctx context.Context, bin, natsURL, token string) (*gatewayProc, error) {
 	g := &gatewayProc{log: &logBuffer{}, exited: make(chan struct{}), metrics: &http.Client{Timeout: 5 * time.Second}}
 	g.cmd = exec.Command(bin, "--listen", "127.0.0.1:0", "--nats-url", natsURL, "--nats-listen", "off",
@@ -438,8 +407,8 @@ func startGateway(ctx context.Context, bin, natsURL, token string) (*gatewayProc
 	}()
 	deadline := time.After(15 * time.Second)
 	for {
-		if m := addrRe.FindStringSubmatch(g.log.String()); m != nil {
-			g.base = "http://" + m[1]
+		if addr, ok := gatewayproc.ListenAddr(g.log.String()); ok {
+			g.base = "http://" + addr
 			return g, nil
 		}
 		select {
