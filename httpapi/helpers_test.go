@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +20,8 @@ import (
 
 	"github.com/natsgate/natsgate"
 	"github.com/natsgate/natsgate/bridge"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // Tokens of the test gateways: admin may do anything; orders may publish
@@ -39,24 +40,6 @@ func testTokens() []bridge.Token {
 	}
 }
 
-// lockedBuffer collects log output from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // gateway is a test gateway: an embedded nats-server (or an external URL),
 // a pool, the API under httptest, and an HTTP client whose every response
 // is checked against openapi.yaml.
@@ -68,7 +51,7 @@ type gateway struct {
 	api    *Server
 	ts     *httptest.Server
 	client *http.Client
-	logs   *lockedBuffer
+	logs   *gatewayproc.LogBuffer
 }
 
 type gatewayOptions struct {
@@ -85,7 +68,7 @@ func startGateway(t testing.TB, opts ...func(*gatewayOptions)) *gateway {
 	for _, f := range opts {
 		f(&o)
 	}
-	logs := &lockedBuffer{}
+	logs := &gatewayproc.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	e, err := bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: o.tokens, Logger: logger})
 	if err != nil {

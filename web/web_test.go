@@ -25,6 +25,8 @@ import (
 	"github.com/natsgate/natsgate/bridge"
 	"github.com/natsgate/natsgate/httpapi"
 	"github.com/natsgate/natsgate/web"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // Tokens of the test gateways: admin may do anything; orders may publish
@@ -49,24 +51,6 @@ const (
 	testTimeout = 90 * time.Second
 )
 
-// lockedBuffer collects log output from many goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // gateway is a real gateway: an embedded nats-server, a pool (in-process,
 // or over TCP as --nats-url would), and the API with the web assets on an
 // http.Server whose listener address survives restarts.
@@ -75,7 +59,7 @@ type gateway struct {
 	URL    string
 	addr   string
 	logger *slog.Logger
-	logs   *lockedBuffer
+	logs   *gatewayproc.LogBuffer
 	pool   *bridge.Pool
 
 	mu  sync.Mutex
@@ -86,7 +70,7 @@ type gateway struct {
 
 func startGateway(t *testing.T, external bool) *gateway {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &gatewayproc.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	e, err := bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: testTokens(), Logger: logger})
 	if err != nil {
@@ -200,6 +184,21 @@ func (g *gateway) native(token string) *nats.Conn {
 	}
 	g.t.Cleanup(nc.Close)
 	return nc
+}
+
+// nativeSub subscribes a native client (admin token) and makes sure the
+// server has the subscription before returning.
+func (g *gateway) nativeSub(subject string) *nats.Subscription {
+	g.t.Helper()
+	nc := g.native(adminToken)
+	sub, err := nc.SubscribeSync(subject)
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		g.t.Fatalf("native subscribe %s: %v", subject, err)
+	}
+	return sub
 }
 
 // publish publishes over HTTP, as any REST publisher would; NatsH-*
@@ -545,14 +544,7 @@ func TestConsoleSubscribeSeesHTTPPublish(t *testing.T) {
 // form, with headers, reaches a plain nats.go subscriber.
 func TestConsolePublishReachesNativeSubscriber(t *testing.T) {
 	g := startGateway(t, false)
-	nc := g.native(adminToken)
-	sub, err := nc.SubscribeSync("from.console")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	sub := g.nativeSub("from.console")
 	b := newBrowser(t)
 	b.openConsole(g)
 	b.connect(adminToken)
@@ -697,14 +689,7 @@ func TestConsoleReconnectsAfterGatewayRestart(t *testing.T) {
 // TestClientModule exercises client.js directly in the page.
 func TestClientModule(t *testing.T) {
 	g := startGateway(t, false)
-	nc := g.native(adminToken)
-	natsSub, err := nc.SubscribeSync("mod.pub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	natsSub := g.nativeSub("mod.pub")
 	b := newBrowser(t)
 	b.openConsole(g)
 	// A spy records every frame the gateway sends, before client.js sees it.
@@ -801,6 +786,7 @@ func TestClientModule(t *testing.T) {
 	})
 
 	t.Run("request with a native responder and headers", func(t *testing.T) {
+		nc := g.native(adminToken)
 		if _, err := nc.Subscribe("mod.echo", func(m *nats.Msg) {
 			r := nats.NewMsg(m.Reply)
 			r.Data = []byte(m.Header.Get("X") + ":" + string(m.Data))

@@ -199,7 +199,7 @@ type clGateway struct {
 	name    string
 	base    string
 	cmd     *exec.Cmd
-	stderr  *syncBuffer
+	stderr  *gatewayproc.LogBuffer
 	exited  chan struct{}
 	waitErr error // set before exited closes
 }
@@ -209,7 +209,7 @@ type clGateway struct {
 func clStartGateway(t *testing.T, bin, name string, args ...string) *clGateway {
 	t.Helper()
 	args = append([]string{"--listen", "127.0.0.1:0", "--token", clusterToken, "--shutdown-timeout", "5s"}, args...)
-	g := &clGateway{name: name, cmd: exec.Command(bin, args...), stderr: &syncBuffer{}, exited: make(chan struct{})}
+	g := &clGateway{name: name, cmd: exec.Command(bin, args...), stderr: &gatewayproc.LogBuffer{}, exited: make(chan struct{})}
 	g.cmd.Stdout = g.stderr
 	g.cmd.Stderr = g.stderr
 	g.cmd.Env = append(os.Environ(), "GATEWAY_LOG_FORMAT=text") // the rest comes from the flags

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,28 +21,10 @@ import (
 	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
-// syncBuffer is an io.Writer safe for the gateway's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // started is a gateway run by run() in the test process.
 type started struct {
 	base, natsURL  string
-	stdout, stderr *syncBuffer
+	stdout, stderr *gatewayproc.LogBuffer
 	cancel         context.CancelFunc
 	done           chan error
 }
@@ -59,7 +39,7 @@ func start(t *testing.T, env map[string]string, args ...string) *started {
 	t.Helper()
 	args = append([]string{"--listen", "127.0.0.1:0", "--nats-listen", "127.0.0.1:0"}, args...)
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &started{stdout: &syncBuffer{}, stderr: &syncBuffer{}, cancel: cancel, done: make(chan error, 1)}
+	s := &started{stdout: &gatewayproc.LogBuffer{}, stderr: &gatewayproc.LogBuffer{}, cancel: cancel, done: make(chan error, 1)}
 	go func() { s.done <- run(ctx, args, func(k string) string { return env[k] }, s.stdout, s.stderr) }()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -192,7 +172,7 @@ func TestEnvironmentTwinsAndHelp(t *testing.T) {
 		t.Fatal("GATEWAY_LOG_FORMAT=json not used")
 	}
 
-	var out syncBuffer
+	var out gatewayproc.LogBuffer
 	if err := run(context.Background(), []string{"--help"}, func(string) string { return "" }, &out, &out); err != nil {
 		t.Fatalf("--help: %v", err)
 	}

@@ -22,7 +22,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -347,24 +346,6 @@ func buildGateway(ctx context.Context, dir string) (string, error) {
 	return gatewayproc.Build(bctx, root, dir)
 }
 
-// logBuffer is a goroutine-safe buffer for the gateway's log.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 func withoutRequests(log string) string {
 	var keep []string
 	for line := range strings.SplitSeq(log, "\n") {
@@ -387,14 +368,14 @@ func lastLines(s string, n int) string {
 type gatewayProc struct {
 	cmd     *exec.Cmd
 	base    string
-	log     *logBuffer
+	log     *gatewayproc.LogBuffer
 	exited  chan struct{}
 	waitErr error
 	metrics *http.Client
 }
 
 func startGateway(ctx context.Context, bin, natsURL, token string) (*gatewayProc, error) {
-	g := &gatewayProc{log: &logBuffer{}, exited: make(chan struct{}), metrics: &http.Client{Timeout: 5 * time.Second}}
+	g := &gatewayProc{log: &gatewayproc.LogBuffer{}, exited: make(chan struct{}), metrics: &http.Client{Timeout: 5 * time.Second}}
 	g.cmd = exec.Command(bin, "--listen", "127.0.0.1:0", "--nats-url", natsURL, "--nats-listen", "off",
 		"--token", token, "--shutdown-timeout", "10s", "--log-format", "text")
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log

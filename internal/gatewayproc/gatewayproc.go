@@ -1,10 +1,11 @@
 // Package gatewayproc holds what the project's tools and tests need to run
 // the gateway as a process of its own (the benchmark, the soak, the
 // cluster and end-to-end tests): building the binary, free ports, tokens,
-// and reading the address it logs.
+// collecting and reading its log.
 package gatewayproc
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,6 +17,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 )
 
 // ModuleRoot returns the directory of the Go module holding the working
@@ -72,4 +74,23 @@ func ListenAddr(log string) (string, bool) {
 		return "", false
 	}
 	return m[1], true
+}
+
+// LogBuffer collects a gateway's log (a process's stderr, or an in-process
+// gateway's slog output) from many goroutines.
+type LogBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LogBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LogBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
