@@ -41,16 +41,16 @@ type Embedded struct {
 	auth *tokenAuth
 }
 
-// LoadServerConfig reads a nats-server configuration file the way
+// loadServerConfig reads a nats-server configuration file the way
 // nats-server itself does.
-func LoadServerConfig(path string) (*server.Options, error) {
+func loadServerConfig(path string) (*server.Options, error) {
 	return server.ProcessConfigFile(path)
 }
 
 // ConfigHasAuth reports whether a nats-server configuration file sets up
 // client authorization of its own.
 func ConfigHasAuth(path string) (bool, error) {
-	o, err := LoadServerConfig(path)
+	o, err := loadServerConfig(path)
 	if err != nil {
 		return false, err
 	}
@@ -65,7 +65,7 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 	opts := &server.Options{}
 	if cfg.ConfigFile != "" {
 		var err error
-		if opts, err = LoadServerConfig(cfg.ConfigFile); err != nil {
+		if opts, err = loadServerConfig(cfg.ConfigFile); err != nil {
 			return nil, fmt.Errorf("nats config: %w", err)
 		}
 		// nats-server would listen on every interface without a host;
