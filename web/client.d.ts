@@ -150,5 +150,9 @@ export interface StreamOptions {
   signal?: AbortSignal;
 }
 
-/** Streams GET /v1/subscribe/{subject} (SSE over fetch, with the Authorization header). Resolves when it ends. */
+/**
+ * Streams GET /v1/subscribe/{subject} (SSE over fetch, with the Authorization header). Resolves when it ends or is
+ * aborted; rejects with a NatsgateError (.status) if the gateway refuses the stream. If a callback throws, the stream
+ * is ended (the gateway drops the subscription) and the promise rejects with that error.
+ */
 export function subscribeStream(opts: StreamOptions): Promise<void>;

@@ -705,7 +705,8 @@ export function connect(options) {
  * Streams GET /v1/subscribe/{subject} as Server-Sent Events over fetch(),
  * which, unlike EventSource, can send the Authorization header. Resolves
  * when the stream ends (or is aborted); rejects with a NatsgateError
- * carrying .status if the gateway refuses it.
+ * carrying .status if the gateway refuses it, or, having ended the
+ * stream, with a callback's own error if a callback throws.
  * @param {StreamOptions} opts
  * @returns {Promise<void>}
  */
@@ -714,16 +715,40 @@ export async function subscribeStream(opts) {
   const u = resolveURL(opts.url, '/', false);
   u.pathname = `${u.pathname.replace(/\/+$/, '')}/v1/subscribe/${encodeURIComponent(opts.subject)}`;
   if (opts.queue) u.searchParams.set('queue', opts.queue);
+  const signal = opts.signal;
+  if (signal && signal.aborted) return;
+  // Our own controller ends the request whichever way the stream ends
+  // (a throwing callback included): the gateway then drops the
+  // subscription at once.
+  const ac = new AbortController();
+  const onAbort = () => ac.abort();
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    await readStream(u.href, opts, ac.signal);
+  } catch (e) {
+    if (signal && signal.aborted) return;
+    throw e;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+    ac.abort();
+  }
+}
+
+/**
+ * @param {string} href
+ * @param {StreamOptions} opts
+ * @param {AbortSignal} signal
+ */
+async function readStream(href, opts, signal) {
   let resp;
   try {
-    resp = await fetch(u.href, {
+    resp = await fetch(href, {
       headers: { Authorization: `Bearer ${opts.token}`, Accept: 'text/event-stream' },
-      signal: opts.signal,
+      signal,
       cache: 'no-store',
       credentials: 'omit',
     });
   } catch (e) {
-    if (opts.signal && opts.signal.aborted) return;
     throw new NatsgateError(`natsgate: ${e}`, { status: 503 });
   }
   if (!resp.ok || !resp.body) {
@@ -774,10 +799,7 @@ export async function subscribeStream(opts) {
         }
       }
     }
-  } catch (e) {
-    if (opts.signal && opts.signal.aborted) return;
-    throw e;
   } finally {
-    reader.releaseLock();
+    reader.cancel().catch(() => { /* already ended */ });
   }
 }

@@ -1,0 +1,79 @@
+package web_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// The tests in this file put the browser client and the console through
+// what a network and a gateway do to them: a dead link, a gateway that
+// closes sessions at once or is not there, a stream that breaks, a
+// callback that throws.
+
+// openAt loads the console page from origin (the gateway, or a proxy in
+// front of it) and waits for its script.
+func (b *browser) openAt(origin string) {
+	b.t.Helper()
+	b.do("loading the console", chromedp.EmulateViewport(1280, 860), chromedp.Navigate(origin+"/"))
+	b.waitJS("console.js to run", `document.documentElement.dataset.ready === 'true'`)
+}
+
+// loadClient imports client.js into the page as window.mod.
+func (b *browser) loadClient() {
+	b.t.Helper()
+	eval[bool](b, `import('/client.js').then((m) => { window.mod = m; return true; })`)
+}
+
+// numSubs is the embedded NATS server's subscription count.
+func (g *gateway) numSubs() uint32 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.e.NumSubscriptions()
+}
+
+// waitUntil polls cond for up to within.
+func waitUntil(t *testing.T, what string, within time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSubscribeStreamEndsWhenCallbackThrows: an onMessage that throws
+// rejects subscribeStream with its error and ends the request, so the
+// gateway drops the NATS subscription at once instead of feeding a
+// stream nobody reads.
+func TestSubscribeStreamEndsWhenCallbackThrows(t *testing.T) {
+	g := startGateway(t, false)
+	b := newBrowser(t)
+	b.openAt(g.URL)
+	b.loadClient()
+	g.publish("warm.up", "the token's NATS connection exists")
+	before := g.numSubs()
+	eval[bool](b, `(async () => {
+		let opened;
+		const open = new Promise((r) => opened = r);
+		window.streamDone = mod.subscribeStream({ token: `+js(adminToken)+`, subject: 'leak.>', onOpen: opened,
+			onMessage() { throw new Error('handler boom'); } }).then(() => 'resolved', (e) => 'rejected: ' + e.message);
+		await Promise.race([open, streamDone]);
+		return true;
+	})()`)
+	waitUntil(t, "the stream's NATS subscription", 5*time.Second, func() bool { return g.numSubs() == before+1 })
+	g.publish("leak.one", "makes the handler throw")
+	if got := eval[string](b, `streamDone`); got != "rejected: handler boom" {
+		t.Fatalf("subscribeStream with a throwing onMessage: %q, want the handler's error", got)
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for g.numSubs() != before {
+		if time.Now().After(deadline) {
+			t.Fatalf("the gateway still holds the stream's subscription 3 s after subscribeStream rejected (%d subscriptions, %d before)", g.numSubs(), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
