@@ -84,7 +84,11 @@ export const FINAL_CODES: readonly number[];
 /** An error from the gateway or the connection. */
 export class NatsgateError extends Error {
   constructor(message: string, info?: { status?: number; code?: number; reason?: string });
-  /** HTTP-like status (400, 401, 403, 413, 429, 503, 504 …), when there is one. */
+  /**
+   * HTTP-like status (400, 401, 403, 413, 429, 503, 504 …), when there is one. From a close:
+   * 4xxx → xxx, 1009 → 413, 1008 → 429, 1011 → 500, 1001/1006/1012/1013 → 503 (an
+   * unreachable gateway is 1006, 503); a call without an answer in time → 504.
+   */
   status: number | undefined;
   /** WebSocket close code, when the error comes from a close. */
   code: number | undefined;
@@ -152,7 +156,8 @@ export interface StreamOptions {
 
 /**
  * Streams GET /v1/subscribe/{subject} (SSE over fetch, with the Authorization header). Resolves when it ends or is
- * aborted; rejects with a NatsgateError (.status) if the gateway refuses the stream. If a callback throws, the stream
- * is ended (the gateway drops the subscription) and the promise rejects with that error.
+ * aborted. Rejects with a NatsgateError: the gateway's status if it refuses the stream; 503 if it cannot be reached
+ * or the stream breaks; 401 if the token cannot be sent in a header (control characters, or beyond U+00FF). If a
+ * callback throws, the stream is ended (the gateway drops the subscription) and the promise rejects with that error.
  */
 export function subscribeStream(opts: StreamOptions): Promise<void>;

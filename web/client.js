@@ -648,11 +648,18 @@ export class NatsgateClient extends EventTarget {
   }
 }
 
-/** @param {number} code */
+/**
+ * The status of the README's error table that a close code means: 4xxx →
+ * xxx (4401 → 401), 1009 → 413, 1008 → 429, 1011 → 500, and 503 for the
+ * gateway being away or unreachable (1001, 1006, 1012, 1013).
+ * @param {number} code
+ */
 function closeStatus(code) {
   if (code >= 4400 && code < 4500) return code - 4000;
-  if (code === 1013) return 503;
   if (code === 1009) return 413;
+  if (code === 1008) return 429;
+  if (code === 1011) return 500;
+  if (code === 1001 || code === 1006 || code === 1012 || code === 1013) return 503;
   return undefined;
 }
 
@@ -704,14 +711,21 @@ export function connect(options) {
 /**
  * Streams GET /v1/subscribe/{subject} as Server-Sent Events over fetch(),
  * which, unlike EventSource, can send the Authorization header. Resolves
- * when the stream ends (or is aborted); rejects with a NatsgateError
- * carrying .status if the gateway refuses it, or, having ended the
- * stream, with a callback's own error if a callback throws.
+ * when the stream ends (or is aborted). Rejects with a NatsgateError
+ * carrying .status if the gateway refuses it (its status), the gateway is
+ * unreachable or the stream breaks (503), or the token cannot be sent in a
+ * header at all (401: control characters or characters beyond U+00FF);
+ * rejects with the callback's own error, having ended the stream, if a
+ * callback throws.
  * @param {StreamOptions} opts
  * @returns {Promise<void>}
  */
 export async function subscribeStream(opts) {
   checkToken(opts.token);
+  if (/[^\x20-\x7e\x80-\xff]/.test(opts.token)) {
+    // fetch() would throw a TypeError, indistinguishable from a network error.
+    throw new NatsgateError('natsgate: the token has characters an Authorization header cannot carry (control characters, or beyond U+00FF)', { status: 401 });
+  }
   const u = resolveURL(opts.url, '/', false);
   u.pathname = `${u.pathname.replace(/\/+$/, '')}/v1/subscribe/${encodeURIComponent(opts.subject)}`;
   if (opts.queue) u.searchParams.set('queue', opts.queue);
@@ -749,7 +763,7 @@ async function readStream(href, opts, signal) {
       credentials: 'omit',
     });
   } catch (e) {
-    throw new NatsgateError(`natsgate: ${e}`, { status: 503 });
+    throw new NatsgateError(`natsgate: cannot reach the gateway: ${e}`, { status: 503 });
   }
   if (!resp.ok || !resp.body) {
     let detail = resp.statusText;
@@ -775,7 +789,13 @@ async function readStream(href, opts, signal) {
   };
   try {
     for (;;) {
-      const { value, done } = await reader.read();
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch (e) {
+        throw new NatsgateError(`natsgate: the stream broke: ${e}`, { status: 503 });
+      }
+      const { value, done } = chunk;
       if (done) break;
       buf += value;
       let i;

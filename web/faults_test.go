@@ -77,3 +77,49 @@ func TestSubscribeStreamEndsWhenCallbackThrows(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestClientErrorsCarryStatus: failures whose status is known carry it:
+// an unreachable gateway 503, a stream broken mid-way 503, a token that
+// fetch cannot put in a header 401 (a bad token, not an outage).
+func TestClientErrorsCarryStatus(t *testing.T) {
+	g := startGateway(t, false)
+	p := startProxy(t, g.addr)
+	b := newBrowser(t)
+	b.openAt(p.URL)
+	b.loadClient()
+
+	t.Run("a token a header cannot carry is 401", func(t *testing.T) {
+		for _, tok := range []string{"bad\ntoken", "nul\u0000token", "tök€n"} {
+			got := eval[map[string]any](b, `mod.subscribeStream({ token: `+js(tok)+`, subject: 'x', onMessage() {} }).then(
+				() => ({ resolved: true }), (e) => ({ status: e.status ?? null, name: e.name, message: e.message }))`)
+			if got["status"] != float64(401) || got["name"] != "NatsgateError" {
+				t.Errorf("subscribeStream with token %q: %v, want a NatsgateError with status 401", tok, got)
+			}
+		}
+	})
+
+	t.Run("a stream broken mid-way is 503", func(t *testing.T) {
+		eval[bool](b, `(async () => {
+			let opened;
+			const open = new Promise((r) => opened = r);
+			window.streamDone = mod.subscribeStream({ token: `+js(adminToken)+`, subject: 'broken.>', onOpen: opened, onMessage() {} }).then(
+				() => ({ resolved: true }), (e) => ({ status: e.status ?? null, name: e.name, message: e.message }));
+			await Promise.race([open, streamDone]);
+			return true;
+		})()`)
+		p.cut()
+		got := eval[map[string]any](b, `streamDone`)
+		if got["status"] != float64(503) || got["name"] != "NatsgateError" {
+			t.Fatalf("subscribeStream cut mid-stream: %v, want a NatsgateError with status 503", got)
+		}
+	})
+
+	t.Run("an unreachable gateway is 503", func(t *testing.T) {
+		p.refuse()
+		got := eval[map[string]any](b, `mod.connect({ token: `+js(adminToken)+` }).then(
+			(c) => { c.close(); return { resolved: true }; }, (e) => ({ status: e.status ?? null, code: e.code ?? null, message: e.message }))`)
+		if got["status"] != float64(503) || got["code"] != float64(1006) {
+			t.Fatalf("connect() to a gateway that is not there: %v, want status 503, code 1006", got)
+		}
+	})
+}
