@@ -34,6 +34,21 @@ export interface ConnectOptions {
   authLimitedDelay?: number;
   /** Attempts per outage before giving up. Default Infinity. */
   maxReconnectAttempts?: number;
+  /** Interval in ms of liveness pings while connected; 0 disables them. Default 20000. */
+  pingInterval?: number;
+  /**
+   * How long in ms a liveness ping waits for its pong; past it the link is taken for dead,
+   * the socket dropped and handled as close code 1006 (disconnect, then reconnect). Default 10000.
+   */
+  pingTimeout?: number;
+  /** How long in ms an attempt may take from opening the socket to "connected"; past it, handled as 1006. Default 10000. */
+  connectTimeout?: number;
+  /**
+   * How long in ms publish, subscribe, unsubscribe and ping wait for the gateway's answer
+   * before rejecting with status 504; request waits its own timeout (or 60 s) plus this.
+   * 0 waits for ever. Default 10000.
+   */
+  timeout?: number;
 }
 
 export interface PublishOptions {
@@ -107,18 +122,23 @@ export class NatsgateClient extends EventTarget {
   start(): Promise<NatsgateClient>;
   /** Listens for an event; fn gets the detail. Returns a function removing the listener. */
   on<K extends keyof ClientEvents>(type: K, fn: (detail: ClientEvents[K]) => void): () => void;
-  /** Resolves, once the gateway confirmed it, to a function that unsubscribes. Re-made (same sid) after every reconnect. */
+  /**
+   * Resolves, once the gateway confirmed it, to a function that unsubscribes. Re-made (same sid) after every reconnect.
+   * Called while reconnecting, it is sent once connected. Rejects with 504 (and is given up) without the gateway's
+   * answer within options.timeout of being sent.
+   */
   subscribe(subject: string, handler: (m: Message) => void, opts?: SubscribeOptions): Promise<Unsubscribe>;
   /**
-   * Resolves once the NATS server has the message; rejects with a NatsgateError (.status) otherwise.
+   * Resolves once the NATS server has the message; rejects with a NatsgateError (.status) otherwise:
+   * 504 without an answer within options.timeout, 503 if not connected or the connection drops.
    * data: string as is; Uint8Array/ArrayBuffer/views as data_base64; anything else JSON.stringify-ed; undefined = empty.
    */
   publish(subject: string, data?: unknown, opts?: PublishOptions): Promise<void>;
   /** Publishes JSON.stringify(value). */
   publishJSON(subject: string, value: unknown, opts?: PublishOptions): Promise<void>;
-  /** Resolves to the reply; rejects with .status 503 (no responders), 504 (timeout), 403 … */
+  /** Resolves to the reply; rejects with .status 503 (no responders), 504 (timeout; also without an answer within opts.timeout + options.timeout), 403 … */
   request(subject: string, data?: unknown, opts?: RequestOptions): Promise<Message>;
-  /** Round trip to the gateway. */
+  /** Round trip to the gateway; rejects with 504 without a pong within options.timeout, 503 if not connected. */
   ping(): Promise<void>;
   readonly subscriptions: Array<{ sid: string; subject: string; queue: string | undefined }>;
   /** Closes for good (no reconnect). */

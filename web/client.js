@@ -87,6 +87,13 @@ export class NatsgateError extends Error {
  * @property {number} [maxReconnectDelay=30000] backoff cap, ms
  * @property {number} [authLimitedDelay=30000] least wait after close code 4429, ms
  * @property {number} [maxReconnectAttempts=Infinity] attempts per outage before giving up
+ * @property {number} [pingInterval=20000] ms between liveness pings of a connected session; 0 disables them
+ * @property {number} [pingTimeout=10000] ms a liveness ping may wait for its pong; past it the
+ *   link is taken for dead: the socket is dropped and handled as close code 1006 (reconnect)
+ * @property {number} [connectTimeout=10000] ms an attempt may take from opening the socket to the
+ *   gateway's "connected"; past it the attempt is dropped as 1006
+ * @property {number} [timeout=10000] ms publish, subscribe, unsubscribe and ping wait for the
+ *   gateway's answer before rejecting with status 504 (request: its own timeout plus this); 0 waits for ever
  */
 
 /**
@@ -221,6 +228,24 @@ function checkToken(/** @type {unknown} */ token) {
  */
 
 /**
+ * @typedef {object} PendingPing
+ * @property {() => void} resolve
+ * @property {(e: Error) => void} reject
+ * @property {boolean} settled the deadline passed; its pong, if it comes, is swallowed
+ * @property {ReturnType<typeof setTimeout>} [timer]
+ */
+
+/**
+ * A pending entry that swallows its answer: what an abandoned call leaves
+ * behind, so that a late ok or error is not reported as news.
+ * @param {Pending['kind']} kind
+ * @returns {Pending}
+ */
+function quiet(kind) {
+  return { kind, resolve() {}, reject() {} };
+}
+
+/**
  * A WebSocket session with the gateway that reconnects by itself.
  * Events (EventTarget; each a CustomEvent whose detail is described here,
  * or use on(type, fn), which passes the detail):
@@ -246,13 +271,17 @@ export class NatsgateClient extends EventTarget {
   #attempt = 0;
   #everConnected = false;
   #userClosed = false;
-  /** @type {ReturnType<typeof setTimeout>|null} */
+  /** @type {ReturnType<typeof setTimeout>|null} the reconnect backoff */
   #timer = null;
+  /** @type {ReturnType<typeof setTimeout>|null} the current attempt's connect deadline */
+  #openTimer = null;
+  /** @type {ReturnType<typeof setTimeout>|null} the next liveness ping */
+  #pingTimer = null;
   /** @type {Map<string, Sub>} */
   #subs = new Map();
   /** @type {Map<string, Pending>} */
   #pending = new Map();
-  /** @type {Array<{resolve: () => void, reject: (e: Error) => void}>} */
+  /** @type {PendingPing[]} pings in the order sent; pongs answer them in order */
   #pings = [];
   /** @type {{resolve: (c: NatsgateClient) => void, reject: (e: Error) => void}|null} */
   #start = null;
@@ -271,6 +300,10 @@ export class NatsgateClient extends EventTarget {
       maxReconnectDelay: o.maxReconnectDelay ?? 30000,
       authLimitedDelay: o.authLimitedDelay ?? 30000,
       maxReconnectAttempts: o.maxReconnectAttempts ?? Infinity,
+      pingInterval: o.pingInterval ?? 20000,
+      pingTimeout: o.pingTimeout ?? 10000,
+      connectTimeout: o.connectTimeout ?? 10000,
+      timeout: o.timeout ?? 10000,
     };
     /** @type {ClientState} */
     this.state = 'connecting';
@@ -318,6 +351,52 @@ export class NatsgateClient extends EventTarget {
     ws.onopen = () => ws.send(JSON.stringify({ op: 'connect', token: this.#token }));
     ws.onmessage = (ev) => { if (ws === this.#ws) this.#onFrame(ev.data); };
     ws.onclose = (ev) => { if (ws === this.#ws) this.#onClose(ev.code, ev.reason); };
+    const ms = this.options.connectTimeout;
+    if (ms > 0) {
+      this.#openTimer = setTimeout(() => {
+        this.#openTimer = null;
+        this.#drop(ws, `no "connected" from the gateway within ${ms} ms`);
+      }, ms);
+    }
+  }
+
+  /**
+   * Gives up on a socket that stopped answering (a frozen proxy, a dead
+   * link): the browser would notice only after minutes, so the client
+   * handles it now as a lost connection, close code 1006, and reconnects.
+   * @param {WebSocket} ws
+   * @param {string} reason
+   */
+  #drop(ws, reason) {
+    if (ws !== this.#ws) return;
+    ws.onopen = ws.onmessage = ws.onclose = null;
+    try {
+      ws.close(1000, 'unresponsive');
+    } catch { /* already closing */ }
+    this.#onClose(1006, reason);
+  }
+
+  /** Stops the connect deadline and the liveness pings of the current socket. */
+  #stopTimers() {
+    if (this.#openTimer) clearTimeout(this.#openTimer);
+    if (this.#pingTimer) clearTimeout(this.#pingTimer);
+    this.#openTimer = this.#pingTimer = null;
+  }
+
+  /** Schedules the next liveness ping of the current session. */
+  #schedulePing() {
+    const every = this.options.pingInterval;
+    const ws = this.#ws;
+    if (!(every > 0) || !ws) return;
+    this.#pingTimer = setTimeout(() => {
+      this.#pingTimer = null;
+      if (ws !== this.#ws || this.state !== 'connected') return;
+      const wait = this.options.pingTimeout;
+      this.#ping(wait).then(
+        () => { if (ws === this.#ws && this.state === 'connected') this.#schedulePing(); },
+        (/** @type {NatsgateError} */ e) => { if (e.status === 504) this.#drop(ws, `no pong within ${wait} ms`); },
+      );
+    }, every);
   }
 
   /** @param {Record<string, any>} f */
@@ -372,7 +451,10 @@ export class NatsgateClient extends EventTarget {
       case 'status': return this.#emit('status', f);
       case 'pong': {
         const p = this.#pings.shift();
-        if (p) p.resolve();
+        if (p && !p.settled) {
+          if (p.timer) clearTimeout(p.timer);
+          p.resolve();
+        }
         return;
       }
     }
@@ -385,6 +467,9 @@ export class NatsgateClient extends EventTarget {
     this.state = 'connected';
     this.#everConnected = true;
     this.#attempt = 0;
+    if (this.#openTimer) clearTimeout(this.#openTimer);
+    this.#openTimer = null;
+    this.#schedulePing();
     for (const sub of this.#subs.values()) {
       try {
         this.#sendSub(sub);
@@ -405,6 +490,7 @@ export class NatsgateClient extends EventTarget {
    */
   #onClose(code, reason) {
     this.#ws = null;
+    this.#stopTimers();
     const wasConnected = this.state === 'connected';
     this.#failPending(new NatsgateError(`connection closed (${code}${reason ? `: ${reason}` : ''})`, { status: 503, code, reason }));
     if (wasConnected) this.state = 'reconnecting';
@@ -439,6 +525,7 @@ export class NatsgateClient extends EventTarget {
     this.#token = '';
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
+    this.#stopTimers();
     this.#failPending(err);
     for (const sub of this.#subs.values()) {
       if (sub.waiter) sub.waiter.reject(err);
@@ -463,7 +550,11 @@ export class NatsgateClient extends EventTarget {
       if (p.timer) clearTimeout(p.timer);
       if (p.kind !== 'sub') p.reject(err);
     }
-    for (const p of this.#pings.splice(0)) p.reject(err);
+    for (const p of this.#pings.splice(0)) {
+      if (p.settled) continue;
+      if (p.timer) clearTimeout(p.timer);
+      p.reject(err);
+    }
   }
 
   #nextId() {
@@ -474,9 +565,9 @@ export class NatsgateClient extends EventTarget {
    * Sends a frame with a fresh id and waits for its answer.
    * @param {'unsub'|'pub'|'req'} kind
    * @param {Record<string, any>} f
-   * @param {number} [guardMs] rejects with 504 if nothing comes back in time
+   * @param {number} [guardMs] rejects with 504 if nothing comes back in time (0: never); default options.timeout
    */
-  #call(kind, f, guardMs) {
+  #call(kind, f, guardMs = this.options.timeout) {
     if (this.state !== 'connected') {
       return Promise.reject(new NatsgateError(`not connected (${this.state})`, { status: 503 }));
     }
@@ -486,8 +577,8 @@ export class NatsgateClient extends EventTarget {
       const p = { kind, resolve, reject };
       if (guardMs) {
         p.timer = setTimeout(() => {
-          this.#pending.delete(id);
-          reject(new NatsgateError('no answer from the gateway in time', { status: 504 }));
+          this.#pending.set(id, quiet(kind)); // a late answer is not news
+          reject(new NatsgateError(`natsgate: no answer from the gateway within ${guardMs} ms`, { status: 504 }));
         }, guardMs);
       }
       this.#pending.set(id, p);
@@ -501,15 +592,36 @@ export class NatsgateClient extends EventTarget {
     });
   }
 
-  /** @param {Sub} sub */
+  /**
+   * Sends a sub frame; without the gateway's answer within options.timeout
+   * the subscription is given up (504) and an unsub sent after it, in case
+   * the gateway made it after all.
+   * @param {Sub} sub
+   */
   #sendSub(sub) {
     const id = this.#nextId();
     /** @type {Record<string, any>} */
     const f = { op: 'sub', sid: sub.sid, subject: sub.subject, id };
     if (sub.queue) f.queue = sub.queue;
     this.#send(f); // answers arrive asynchronously, after the pending entry is set
+    const ms = this.options.timeout;
+    const ws = this.#ws;
+    const timer = ms > 0 ? setTimeout(() => {
+      const p = this.#pending.get(id);
+      if (!p) return;
+      this.#pending.set(id, quiet('sub'));
+      if (ws === this.#ws && this.state === 'connected') {
+        const uid = this.#nextId();
+        this.#pending.set(uid, quiet('unsub'));
+        try {
+          this.#send({ op: 'unsub', sid: sub.sid, id: uid });
+        } catch { /* the session is going anyway */ }
+      }
+      p.reject(new NatsgateError(`natsgate: no answer from the gateway within ${ms} ms to subscribing ${sub.subject}`, { status: 504 }));
+    }, ms) : undefined;
     this.#pending.set(id, {
       kind: 'sub',
+      timer,
       resolve: () => {
         const resubscribed = !sub.waiter;
         if (sub.waiter) sub.waiter.resolve();
@@ -529,7 +641,8 @@ export class NatsgateClient extends EventTarget {
    * Subscribes. Resolves, once the gateway confirmed the subscription,
    * to a function that unsubscribes. The subscription is made again, with
    * the same sid, after every reconnect. If called while reconnecting, it
-   * is sent once connected.
+   * is sent once connected. Without the gateway's answer within
+   * options.timeout of being sent it rejects with 504 and is given up.
    * @param {string} subject may use * and a final >
    * @param {(m: Message) => void} handler
    * @param {SubscribeOptions} [opts]
@@ -570,7 +683,8 @@ export class NatsgateClient extends EventTarget {
   /**
    * Publishes, and resolves once the NATS server has the message (the
    * gateway's ok); rejects with a NatsgateError carrying .status (400, 403,
-   * 413, 503 …) if it was refused or the connection dropped first.
+   * 413, 503 …) if it was refused or the connection dropped first, 504
+   * without an answer within options.timeout.
    * data: a string is sent as is; a Uint8Array/ArrayBuffer as data_base64;
    * anything else is JSON.stringify-ed; undefined is an empty payload.
    * @param {string} subject
@@ -600,7 +714,8 @@ export class NatsgateClient extends EventTarget {
 
   /**
    * Sends a request and resolves to the reply message; rejects with
-   * .status 503 (no responders), 504 (timeout), 403 (forbidden) …
+   * .status 503 (no responders), 504 (timeout, or no answer at all within
+   * its timeout, default 60 s, plus options.timeout), 403 (forbidden) …
    * @param {string} subject
    * @param {any} [data] as for publish
    * @param {RequestOptions} [opts]
@@ -613,18 +728,39 @@ export class NatsgateClient extends EventTarget {
     const headers = normHeaders(opts.headers);
     if (headers) f.headers = headers;
     if (opts.timeout !== undefined) f.timeout_ms = Math.round(opts.timeout);
-    return this.#call('req', f, (opts.timeout ?? 60000) + 5000);
+    const guard = this.options.timeout > 0 ? (opts.timeout ?? 60000) + this.options.timeout : 0;
+    return this.#call('req', f, guard);
   }
 
   /**
-   * Round trip to the gateway.
+   * Round trip to the gateway; rejects with 504 without a pong within
+   * options.timeout, with 503 if not connected or the connection drops.
    * @returns {Promise<void>}
    */
   ping() {
+    return this.#ping(this.options.timeout);
+  }
+
+  /** @param {number} ms the deadline (0: none) */
+  #ping(ms) {
     if (this.state !== 'connected') return Promise.reject(new NatsgateError(`not connected (${this.state})`, { status: 503 }));
     return new Promise((resolve, reject) => {
-      this.#pings.push({ resolve, reject });
-      this.#send({ op: 'ping' });
+      /** @type {PendingPing} */
+      const p = { resolve, reject, settled: false };
+      if (ms > 0) {
+        p.timer = setTimeout(() => {
+          p.settled = true; // stays queued: its pong, if late, must not answer a later ping
+          reject(new NatsgateError(`natsgate: no pong from the gateway within ${ms} ms`, { status: 504 }));
+        }, ms);
+      }
+      this.#pings.push(p);
+      try {
+        this.#send({ op: 'ping' });
+      } catch (e) {
+        this.#pings.splice(this.#pings.indexOf(p), 1);
+        if (p.timer) clearTimeout(p.timer);
+        reject(e);
+      }
     });
   }
 

@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,94 @@ func TestSubscribeStreamEndsWhenCallbackThrows(t *testing.T) {
 			t.Fatalf("the gateway still holds the stream's subscription 3 s after subscribeStream rejected (%d subscriptions, %d before)", g.numSubs(), before)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestClientCallsTimeOutOnDeadLink: with liveness pings off, every call
+// on a link that stopped forwarding (a frozen proxy) still rejects, with
+// 504, within the client's timeout; the session goes on afterwards.
+func TestClientCallsTimeOutOnDeadLink(t *testing.T) {
+	g := startGateway(t, false)
+	p := startProxy(t, g.addr)
+	b := newBrowser(t)
+	b.openAt(p.URL)
+	b.loadClient()
+	eval[bool](b, `(async () => {
+		window.nc = await mod.connect({ token: `+js(adminToken)+`, pingInterval: 0, timeout: 500 });
+		window.errs = [];
+		nc.on('error', (d) => errs.push(d.error.message));
+		window.unsub = await nc.subscribe('dead.sub', () => {});
+		return true;
+	})()`)
+	p.freeze()
+	got := eval[map[string]any](b, `(async () => {
+		const settle = (p) => Promise.race([
+			p.then(() => 'resolved', (e) => e.status === undefined ? 'no status: ' + e.message : e.status),
+			new Promise((r) => setTimeout(() => r('still pending after 5 s'), 5000))]);
+		const [publish, ping, unsubscribe, subscribe, request] = await Promise.all([
+			settle(nc.publish('dead.pub', 'x')),
+			settle(nc.ping()),
+			settle(unsub()),
+			settle(nc.subscribe('dead.other', () => {})),
+			settle(nc.request('dead.req', 'q', { timeout: 200 })),
+		]);
+		return { publish, ping, unsubscribe, subscribe, request, state: nc.state, subs: nc.subscriptions.length };
+	})()`)
+	for _, call := range []string{"publish", "ping", "unsubscribe", "subscribe", "request"} {
+		if got[call] != float64(504) {
+			t.Errorf("%s on a dead link: %v, want a rejection with status 504", call, got[call])
+		}
+	}
+	if got["state"] != "connected" || got["subs"] != float64(0) {
+		t.Errorf("after the timeouts: state %v, %v subscriptions; want connected (no pings), none", got["state"], got["subs"])
+	}
+	p.thaw()
+	// The late answers are ignored, not reported; the session still works.
+	if got := eval[string](b, `nc.ping().then(() => nc.publish('dead.after', 'y')).then(() => 'ok', (e) => e.message)`); got != "ok" {
+		t.Fatalf("after the link came back: %s", got)
+	}
+	if got := eval[[]string](b, `errs`); len(got) != 0 {
+		t.Fatalf("error events for the late answers of abandoned calls: %q", got)
+	}
+}
+
+// TestClientPingDetectsDeadLink: on a link that stopped forwarding, the
+// liveness ping times out; the client drops the socket as 1006 (pending
+// calls reject with 503, disconnect fires), keeps trying (attempts that
+// hang time out too), and is back once the link is.
+func TestClientPingDetectsDeadLink(t *testing.T) {
+	g := startGateway(t, false)
+	p := startProxy(t, g.addr)
+	b := newBrowser(t)
+	b.openAt(p.URL)
+	b.loadClient()
+	eval[bool](b, `(async () => {
+		window.ev = [];
+		window.nc = await mod.connect({ token: `+js(adminToken)+`, pingInterval: 200, pingTimeout: 300,
+			connectTimeout: 600, reconnectDelay: 50, maxReconnectDelay: 200, timeout: 60000 });
+		nc.on('disconnect', (d) => ev.push('disconnect ' + d.code + ' ' + d.willReconnect));
+		nc.on('reconnecting', (d) => ev.push('reconnecting ' + d.attempt));
+		nc.on('connect', (d) => ev.push('connect ' + d.reconnected));
+		return true;
+	})()`)
+	p.freeze()
+	got := eval[map[string]any](b, `(async () => {
+		const r = await Promise.race([
+			nc.publish('dead.pub', 'x').then(() => 'resolved', (e) => ({ status: e.status, code: e.code })),
+			new Promise((r) => setTimeout(() => r('still pending after 5 s'), 5000))]);
+		return { r, state: nc.state, ev: ev.join(',') };
+	})()`)
+	if r, _ := got["r"].(map[string]any); r == nil || r["status"] != float64(503) || r["code"] != float64(1006) {
+		t.Fatalf("a publish on a dead link: %v, want a rejection with status 503, code 1006 (events %v)", got["r"], got["ev"])
+	}
+	if got["state"] != "reconnecting" || !strings.HasPrefix(got["ev"].(string), "disconnect 1006 true") {
+		t.Fatalf("after the dead link: state %v, events %v; want reconnecting after disconnect 1006", got["state"], got["ev"])
+	}
+	b.waitJS("a second attempt, the first having timed out", `ev.includes('reconnecting 2')`)
+	p.thaw()
+	b.waitJS("connected again", `nc.state === 'connected' && ev.includes('connect true')`)
+	if got := eval[string](b, `nc.publish('alive.again', 'z').then(() => 'ok', (e) => e.message)`); got != "ok" {
+		t.Fatalf("publish after the link came back: %s", got)
 	}
 }
 
