@@ -34,6 +34,12 @@ export interface ConnectOptions {
   authLimitedDelay?: number;
   /** Attempts per outage before giving up. Default Infinity. */
   maxReconnectAttempts?: number;
+  /**
+   * How long in ms a session must stay connected for the next reconnect to start the backoff
+   * from reconnectDelay again; sessions that end sooner (a gateway closing right after
+   * "connected", 1008/1013) keep it growing and count as the same outage. Default 10000.
+   */
+  backoffResetAfter?: number;
   /** Interval in ms of liveness pings while connected; 0 disables them. Default 20000. */
   pingInterval?: number;
   /**

@@ -87,6 +87,9 @@ export class NatsgateError extends Error {
  * @property {number} [maxReconnectDelay=30000] backoff cap, ms
  * @property {number} [authLimitedDelay=30000] least wait after close code 4429, ms
  * @property {number} [maxReconnectAttempts=Infinity] attempts per outage before giving up
+ * @property {number} [backoffResetAfter=10000] ms a session must stay connected before the
+ *   next reconnect starts the backoff from reconnectDelay again; sessions that end sooner
+ *   (a gateway that closes right after "connected") keep backing off
  * @property {number} [pingInterval=20000] ms between liveness pings of a connected session; 0 disables them
  * @property {number} [pingTimeout=10000] ms a liveness ping may wait for its pong; past it the
  *   link is taken for dead: the socket is dropped and handled as close code 1006 (reconnect)
@@ -271,6 +274,8 @@ export class NatsgateClient extends EventTarget {
   #attempt = 0;
   #everConnected = false;
   #userClosed = false;
+  /** When the current session got "connected" (Date.now()). */
+  #connectedAt = 0;
   /** @type {ReturnType<typeof setTimeout>|null} the reconnect backoff */
   #timer = null;
   /** @type {ReturnType<typeof setTimeout>|null} the current attempt's connect deadline */
@@ -300,6 +305,7 @@ export class NatsgateClient extends EventTarget {
       maxReconnectDelay: o.maxReconnectDelay ?? 30000,
       authLimitedDelay: o.authLimitedDelay ?? 30000,
       maxReconnectAttempts: o.maxReconnectAttempts ?? Infinity,
+      backoffResetAfter: o.backoffResetAfter ?? 10000,
       pingInterval: o.pingInterval ?? 20000,
       pingTimeout: o.pingTimeout ?? 10000,
       connectTimeout: o.connectTimeout ?? 10000,
@@ -466,7 +472,7 @@ export class NatsgateClient extends EventTarget {
     this.info = info;
     this.state = 'connected';
     this.#everConnected = true;
-    this.#attempt = 0;
+    this.#connectedAt = Date.now();
     if (this.#openTimer) clearTimeout(this.#openTimer);
     this.#openTimer = null;
     this.#schedulePing();
@@ -493,10 +499,16 @@ export class NatsgateClient extends EventTarget {
     this.#stopTimers();
     const wasConnected = this.state === 'connected';
     this.#failPending(new NatsgateError(`connection closed (${code}${reason ? `: ${reason}` : ''})`, { status: 503, code, reason }));
-    if (wasConnected) this.state = 'reconnecting';
+    if (wasConnected) {
+      this.state = 'reconnecting';
+      // Only a session that lived a while ends an outage: one closed right
+      // after "connected" (1008, 1013) keeps the backoff growing.
+      if (Date.now() - this.#connectedAt >= this.options.backoffResetAfter) this.#attempt = 0;
+    }
     const canRetry = !this.#userClosed && this.#everConnected && this.options.reconnect &&
       RECONNECT_CODES.includes(code) && this.#attempt < this.options.maxReconnectAttempts;
     if (wasConnected || this.#userClosed) this.#emit('disconnect', { code, reason, willReconnect: canRetry });
+    if (this.#userClosed) return; // a disconnect listener called close()
     if (!canRetry) {
       this.#finish(code, reason, new NatsgateError(closeMessage(code, reason), { status: closeStatus(code), code, reason }));
       return;
@@ -505,11 +517,11 @@ export class NatsgateClient extends EventTarget {
     let delay = Math.min(this.options.maxReconnectDelay, this.options.reconnectDelay * 2 ** (this.#attempt - 1));
     delay = delay / 2 + Math.random() * delay / 2; // jitter: [delay/2, delay)
     if (code === 4429) delay = Math.max(delay, this.options.authLimitedDelay);
-    this.#emit('reconnecting', { attempt: this.#attempt, delay, code });
     this.#timer = setTimeout(() => {
       this.#timer = null;
       if (!this.#userClosed) this.#open();
     }, delay);
+    this.#emit('reconnecting', { attempt: this.#attempt, delay, code });
   }
 
   /**

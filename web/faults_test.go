@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -164,6 +165,79 @@ func TestClientPingDetectsDeadLink(t *testing.T) {
 	b.waitJS("connected again", `nc.state === 'connected' && ev.includes('connect true')`)
 	if got := eval[string](b, `nc.publish('alive.again', 'z').then(() => 'ok', (e) => e.message)`); got != "ok" {
 		t.Fatalf("publish after the link came back: %s", got)
+	}
+}
+
+// TestClientBackoffGrowsWhileSessionsDieYoung: a gateway that closes
+// every session right after "connected" (1013) gets attempts further and
+// further apart, not one every 50–100 ms for ever; a session that lives
+// past backoffResetAfter starts the backoff afresh.
+func TestClientBackoffGrowsWhileSessionsDieYoung(t *testing.T) {
+	g := startGateway(t, false)
+	p := startProxy(t, g.addr)
+	b := newBrowser(t)
+	b.openAt(p.URL)
+	b.loadClient()
+	p.kickAfterConnected(1013)
+	eval[bool](b, `(async () => {
+		window.ev = [];
+		window.nc = new mod.NatsgateClient({ token: `+js(adminToken)+`, reconnectDelay: 100, maxReconnectDelay: 1600, backoffResetAfter: 1500 });
+		nc.on('reconnecting', (d) => ev.push(d));
+		nc.on('connect', () => window.connectedAt = performance.now());
+		await nc.start();
+		return true;
+	})()`)
+	waitUntil(t, "six sessions", 10*time.Second, func() bool { return len(p.upgradeTimes()) >= 6 })
+	p.kickAfterConnected(0)
+	ups := p.upgradeTimes()
+	got := eval[[]map[string]any](b, `ev.slice(0, 5)`)
+	for i, d := range got {
+		attempt, delay := d["attempt"].(float64), d["delay"].(float64)
+		if least := 100 * float64(int(1)<<i) / 2; attempt != float64(i+1) || delay < least || d["code"] != float64(1013) {
+			t.Errorf("reconnect %d after a 1013 right after connected: %v, want attempt %d, delay at least %v ms", i+1, d, i+1, least)
+		}
+	}
+	if gap := ups[5].Sub(ups[4]); gap < 700*time.Millisecond {
+		t.Errorf("the 6th session came %v after the 5th, want at least 700 ms (the 5th backoff step)", gap)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// Kicking stopped: the next session stays; once it has lived past
+	// backoffResetAfter, a loss starts again at attempt 1.
+	b.waitJS("a session that stays", `nc.state === 'connected'`)
+	eval[bool](b, `new Promise((r) => setTimeout(() => r(true), Math.max(0, connectedAt + 1600 - performance.now())))`)
+	n := eval[int](b, `ev.length`)
+	p.cut()
+	b.waitJS("the reconnect after a cut", fmt.Sprintf(`ev.length > %d`, n))
+	if got := eval[map[string]any](b, fmt.Sprintf(`ev[%d]`, n)); got["attempt"] != float64(1) || got["code"] != float64(1006) {
+		t.Fatalf("reconnect after a session that lived 1.6 s: %v, want attempt 1 (code 1006)", got)
+	}
+	b.waitJS("connected again", `nc.state === 'connected'`)
+}
+
+// TestClientCloseInDisconnectListenerIsFinal: close() called from a
+// disconnect listener ends the client: closed, and no reconnecting after.
+func TestClientCloseInDisconnectListenerIsFinal(t *testing.T) {
+	g := startGateway(t, false)
+	b := newBrowser(t)
+	b.openAt(g.URL)
+	b.loadClient()
+	eval[bool](b, `(async () => {
+		window.ev = [];
+		window.nc = await mod.connect({ token: `+js(adminToken)+`, reconnectDelay: 50 });
+		nc.on('disconnect', (d) => { ev.push('disconnect ' + d.code); nc.close(); });
+		nc.on('reconnecting', (d) => ev.push('reconnecting ' + d.attempt));
+		nc.on('closed', (d) => ev.push('closed ' + d.code));
+		return true;
+	})()`)
+	g.restartHTTP()
+	b.waitJS("closed", `ev.some((e) => e.startsWith('closed'))`)
+	// Longer than the reconnect delay: a scheduled attempt would show.
+	got := eval[string](b, `new Promise((r) => setTimeout(() => r(ev.join(',') + ' / ' + nc.state), 300))`)
+	if got != "disconnect 1001,closed 1000 / closed" {
+		t.Fatalf("events after close() in a disconnect listener: %q, want %q", got, "disconnect 1001,closed 1000 / closed")
 	}
 }
 
