@@ -28,6 +28,11 @@ type EmbeddedConfig struct {
 	// replace any authorization in ConfigFile; when nil the configuration
 	// file's own authorization applies.
 	Tokens []Token
+	// JetStream turns JetStream on, storing in StoreDir (file storage).
+	// Ignored with a ConfigFile, whose own jetstream {} block rules.
+	JetStream bool
+	// StoreDir is where JetStream keeps streams; required with JetStream.
+	StoreDir string
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	// Zero means 10 s.
 	ReadyTimeout time.Duration
@@ -78,6 +83,12 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		}
 	} else {
 		opts.Host, opts.Port = "127.0.0.1", 4222
+		if cfg.JetStream {
+			if cfg.StoreDir == "" {
+				return nil, errors.New("embedded JetStream needs a store directory")
+			}
+			opts.JetStream, opts.StoreDir = true, cfg.StoreDir
+		}
 	}
 	if cfg.Listen != "" {
 		host, port, err := net.SplitHostPort(cfg.Listen)
@@ -128,6 +139,9 @@ func (e *Embedded) ClientURL() string {
 	}
 	return e.s.ClientURL()
 }
+
+// JetStreamEnabled reports whether the server runs JetStream.
+func (e *Embedded) JetStreamEnabled() bool { return e.s.JetStreamEnabled() }
 
 // Ready reports whether the server is running and accepting clients.
 func (e *Embedded) Ready() bool { return e.s.Running() }

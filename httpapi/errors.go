@@ -51,8 +51,14 @@ func classify(err error) (status int, kind string) {
 		return http.StatusBadRequest, "bad-subject"
 	case errors.Is(err, bridge.ErrBadHeader):
 		return http.StatusBadRequest, "bad-header"
-	case errors.Is(err, errBadRequest):
+	case errors.Is(err, errBadRequest), errors.Is(err, bridge.ErrInvalid):
 		return http.StatusBadRequest, "bad-request"
+	case errors.Is(err, bridge.ErrNoStream):
+		return http.StatusNotFound, "no-stream"
+	case errors.Is(err, bridge.ErrConflict):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, bridge.ErrJetStreamUnavailable):
+		return http.StatusServiceUnavailable, "jetstream-unavailable"
 	case errors.Is(err, bridge.ErrForbidden):
 		return http.StatusForbidden, "forbidden"
 	case errors.Is(err, errForbiddenOrigin):
