@@ -32,7 +32,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "gateway:", err)
+		fmt.Fprintln(os.Stderr, "natsgate:", err)
 		os.Exit(1)
 	}
 }
@@ -47,6 +47,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if err != nil {
 		return err
+	}
+	if cfg.version {
+		fmt.Fprintln(stdout, readVersion())
+		return nil
 	}
 	logger, err := newLogger(cfg.logFormat, cfg.logLevel, stderr)
 	if err != nil {
@@ -119,7 +123,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
-	logger.Info("natsgate listening", "addr", ln.Addr().String(), "nats", natsDescription(cfg, embedded))
+	// The address first: tools read it from this line (gatewayproc.ListenAddr).
+	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
+	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "nats", natsDescription(cfg, embedded))...)
 	if generated != "" {
 		printBanner(stdout, base, generated)
 	}
