@@ -166,6 +166,9 @@ func wantProblem(t testing.TB, resp *http.Response, body []byte, status int, wan
 	if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
 		t.Fatalf("Content-Type %q, want application/problem+json", ct)
 	}
+	if !bytes.HasSuffix(body, []byte("\n")) {
+		t.Fatalf("problem body %q does not end with a newline", body)
+	}
 	var p problem
 	if err := json.Unmarshal(body, &p); err != nil {
 		t.Fatalf("problem body %s: %v", body, err)

@@ -1,0 +1,111 @@
+package httpapi
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"testing/fstest"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+)
+
+func withAssets(o *gatewayOptions) {
+	o.cfg.Assets = fstest.MapFS{}
+	for _, n := range []string{"index.html", "client.js", "client.d.ts", "console.js", "console.css"} {
+		o.cfg.Assets.(fstest.MapFS)[n] = &fstest.MapFile{Data: []byte("x")}
+	}
+}
+
+// TestHeadIsAnsweredWhereverANonStreamingGetIs walks every GET route the
+// router has, so a GET route added later is checked too.
+func TestHeadIsAnsweredWhereverANonStreamingGetIs(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withAssets)
+	n := 0
+	err := chi.Walk(g.api.router, func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		if method != http.MethodGet {
+			return nil
+		}
+		n++
+		path := route
+		for strings.Contains(path, "{") {
+			i, j := strings.Index(path, "{"), strings.Index(path, "}")
+			path = path[:i] + "x" + path[j+1:]
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodHead, g.URL+path, nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		head, err := g.client.Do(req)
+		if err != nil {
+			t.Errorf("HEAD %s: %v", path, err)
+			return nil
+		}
+		head.Body.Close()
+		if streamingGETs[route] {
+			if head.StatusCode != 405 || head.Header.Get("Allow") != "GET" {
+				t.Errorf("HEAD %s (a stream): %d Allow %q, want 405 Allow GET", path, head.StatusCode, head.Header.Get("Allow"))
+			}
+			return nil
+		}
+		get, body := g.do(http.MethodGet, path, adminToken, nil)
+		if head.StatusCode != get.StatusCode || head.Header.Get("Content-Type") != get.Header.Get("Content-Type") {
+			t.Errorf("HEAD %s: %d %q; GET: %d %q", path, head.StatusCode, head.Header.Get("Content-Type"), get.StatusCode, get.Header.Get("Content-Type"))
+		}
+		if head.ContentLength > 0 && head.ContentLength != int64(len(body)) {
+			t.Errorf("HEAD %s: Content-Length %d, GET's body is %d bytes", path, head.ContentLength, len(body))
+		}
+		return nil
+	})
+	if err != nil || n < 8 {
+		t.Fatalf("walked %d GET routes: %v", n, err)
+	}
+}
+
+func TestMethodNotAllowedCarriesAllow(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withAssets)
+	for _, tc := range []struct{ method, path, allow string }{
+		{"POST", "/healthz", "GET, HEAD"},
+		{"DELETE", "/readyz", "GET, HEAD"},
+		{"GET", "/v1/publish/x", "POST"},
+		{"HEAD", "/v1/publish/x", "POST"},
+		{"PUT", "/v1/request/x", "POST"},
+		{"POST", "/v1/ws", "GET"},
+		{"HEAD", "/v1/ws", "GET"},
+		{"HEAD", "/v1/subscribe/x", "GET"},
+		{"POST", "/client.js", "GET, HEAD"},
+	} {
+		resp, body := g.do(tc.method, tc.path, adminToken, nil)
+		if resp.StatusCode != 405 || resp.Header.Get("Allow") != tc.allow {
+			t.Errorf("%s %s: %d Allow %q, want 405 Allow %q", tc.method, tc.path, resp.StatusCode, resp.Header.Get("Allow"), tc.allow)
+			continue
+		}
+		if tc.method != "HEAD" {
+			wantProblem(t, resp, body, 405, "this route answers "+tc.allow)
+		}
+	}
+}
+
+// TestHeadDoesNotOpenAStream: a HEAD on a stream returns at once and
+// leaves no subscription on the server.
+func TestHeadDoesNotOpenAStream(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	before := g.serverSubs()
+	req, _ := http.NewRequest(http.MethodHead, g.URL+"/v1/subscribe/head.x", nil)
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	c := &http.Client{Timeout: 3 * time.Second, Transport: g.client.Transport}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("HEAD on a stream: %v", err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 405 || g.serverSubs() != before {
+		t.Fatalf("HEAD on a stream: %d, subscriptions %d → %d", resp.StatusCode, before, g.serverSubs())
+	}
+}
