@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Status is a change in a connection's state, reported to watchers.
@@ -67,6 +68,9 @@ type Conn struct {
 	roundTrips atomic.Int64 // confirmation round trips made
 
 	perms permissionLog
+
+	jsOnce sync.Once
+	jsh    jetstream.JetStream // see js
 
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject

@@ -28,11 +28,36 @@ type EmbeddedConfig struct {
 	// replace any authorization in ConfigFile; when nil the configuration
 	// file's own authorization applies.
 	Tokens []Token
+	// JetStream turns JetStream on, storing in StoreDir (file storage).
+	// Ignored with a ConfigFile, whose own jetstream {} block rules.
+	JetStream bool
+	// StoreDir is where JetStream keeps streams; required with JetStream.
+	StoreDir string
 	// ReadyTimeout bounds the wait for the server to accept connections.
 	// Zero means 10 s.
 	ReadyTimeout time.Duration
 	// Logger receives the server's log lines. Nil discards them.
 	Logger *slog.Logger
+}
+
+// ErrListen means the embedded server cannot listen for native clients at
+// its address (most often: another process, a nats-server perhaps, holds
+// the port).
+var ErrListen = errors.New("the embedded nats-server cannot listen for native NATS clients")
+
+// checkListen fails at once when the client port cannot be bound. Without
+// it, nats-server logs its listen error after "Server is ready" and
+// StartEmbedded would only give up when ReadyTimeout ends.
+func checkListen(opts *server.Options) error {
+	if opts.DontListen || opts.Port <= 0 {
+		return nil // no listener, or a random port
+	}
+	addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrListen, addr, err)
+	}
+	return l.Close()
 }
 
 // Embedded is a nats-server running inside the gateway process.
@@ -78,6 +103,12 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		}
 	} else {
 		opts.Host, opts.Port = "127.0.0.1", 4222
+		if cfg.JetStream {
+			if cfg.StoreDir == "" {
+				return nil, errors.New("embedded JetStream needs a store directory")
+			}
+			opts.JetStream, opts.StoreDir = true, cfg.StoreDir
+		}
 	}
 	if cfg.Listen != "" {
 		host, port, err := net.SplitHostPort(cfg.Listen)
@@ -94,6 +125,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		opts.Host, opts.Port = host, p
 	}
 	opts.DontListen = cfg.DontListen
+	if err := checkListen(opts); err != nil {
+		return nil, err
+	}
 	opts.NoSigs = true
 	var e Embedded
 	if cfg.Tokens != nil {
@@ -128,6 +162,9 @@ func (e *Embedded) ClientURL() string {
 	}
 	return e.s.ClientURL()
 }
+
+// JetStreamEnabled reports whether the server runs JetStream.
+func (e *Embedded) JetStreamEnabled() bool { return e.s.JetStreamEnabled() }
 
 // Ready reports whether the server is running and accepting clients.
 func (e *Embedded) Ready() bool { return e.s.Running() }

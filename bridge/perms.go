@@ -48,8 +48,16 @@ type permissionLog struct {
 }
 
 type watcher struct {
-	subject string
+	subject string // a literal subject, or a prefix ending in ".>"
 	cancel  context.CancelCauseFunc
+}
+
+// matches reports whether a refused publish subject concerns the watcher.
+func (w *watcher) matches(subject string) bool {
+	if prefix, ok := strings.CutSuffix(w.subject, ">"); ok {
+		return strings.HasPrefix(subject, prefix)
+	}
+	return w.subject == subject
 }
 
 func (l *permissionLog) init() {
@@ -84,7 +92,7 @@ func (l *permissionLog) record(err error, mux string) {
 		}
 	case v.kind == denyPublish:
 		for w := range l.watchers {
-			if w.subject == v.subject {
+			if w.matches(v.subject) {
 				w.cancel(fmt.Errorf("%w: publish to %q", ErrForbidden, v.subject))
 			}
 		}
@@ -147,7 +155,8 @@ func (l *permissionLog) subscribeDenied(seq uint64, subject, queue string) error
 	})
 }
 
-// watch cancels a request in flight when a publish to subject is refused.
+// watch cancels a request in flight when a publish to subject (or, for
+// "prefix.>", to any subject under prefix) is refused.
 func (l *permissionLog) watch(subject string, cancel context.CancelCauseFunc) (stop func()) {
 	w := &watcher{subject: subject, cancel: cancel}
 	l.mu.Lock()

@@ -51,8 +51,14 @@ func classify(err error) (status int, kind string) {
 		return http.StatusBadRequest, "bad-subject"
 	case errors.Is(err, bridge.ErrBadHeader):
 		return http.StatusBadRequest, "bad-header"
-	case errors.Is(err, errBadRequest):
+	case errors.Is(err, errBadRequest), errors.Is(err, bridge.ErrInvalid):
 		return http.StatusBadRequest, "bad-request"
+	case errors.Is(err, bridge.ErrNoStream):
+		return http.StatusNotFound, "no-stream"
+	case errors.Is(err, bridge.ErrConflict):
+		return http.StatusConflict, "conflict"
+	case errors.Is(err, bridge.ErrJetStreamUnavailable):
+		return http.StatusServiceUnavailable, "jetstream-unavailable"
 	case errors.Is(err, bridge.ErrForbidden):
 		return http.StatusForbidden, "forbidden"
 	case errors.Is(err, errForbiddenOrigin):
@@ -116,6 +122,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		h.Set("Retry-After", strconv.Itoa(s))
 	}
 	detail := err.Error()
+	if kind == "bad-subject" {
+		detail += subjectHint(r)
+	}
 	if status == http.StatusInternalServerError {
 		loggerFrom(r.Context()).Error("internal error", "err", err)
 		detail = "internal error; see the gateway's log for request " + requestID(r.Context())

@@ -55,11 +55,16 @@ type gateway struct {
 }
 
 type gatewayOptions struct {
-	cfg      Config
-	pool     bridge.Config
-	tokens   []bridge.Token
-	external bool // reach the embedded server over TCP, as --nats-url would
+	cfg       Config
+	pool      bridge.Config
+	tokens    []bridge.Token
+	external  bool // reach the embedded server over TCP, as --nats-url would
+	jetstream bool
 }
+
+// withJetStream runs the test gateway's embedded server with JetStream,
+// stored in a directory of the test's own.
+func withJetStream(o *gatewayOptions) { o.jetstream = true }
 
 func startGateway(t testing.TB, opts ...func(*gatewayOptions)) *gateway {
 	t.Helper()
@@ -70,7 +75,11 @@ func startGateway(t testing.TB, opts ...func(*gatewayOptions)) *gateway {
 	}
 	logs := &gatewayproc.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	e, err := bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: o.tokens, Logger: logger})
+	ecfg := bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: o.tokens, Logger: logger}
+	if o.jetstream {
+		ecfg.JetStream, ecfg.StoreDir = true, t.TempDir()
+	}
+	e, err := bridge.StartEmbedded(ecfg)
 	if err != nil {
 		t.Fatalf("StartEmbedded: %v", err)
 	}
@@ -156,6 +165,9 @@ func wantProblem(t testing.TB, resp *http.Response, body []byte, status int, wan
 	}
 	if ct := resp.Header.Get("Content-Type"); ct != "application/problem+json" {
 		t.Fatalf("Content-Type %q, want application/problem+json", ct)
+	}
+	if !bytes.HasSuffix(body, []byte("\n")) {
+		t.Fatalf("problem body %q does not end with a newline", body)
 	}
 	var p problem
 	if err := json.Unmarshal(body, &p); err != nil {

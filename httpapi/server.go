@@ -179,9 +179,9 @@ func (s *Server) draining() bool {
 // addRoutes is the whole API, in the order of openapi.yaml.
 func (s *Server) addRoutes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, errNotFound) })
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, errMethod) })
+	r.Use(observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors, s.answerHead)
+	r.NotFound(s.notFound)
+	r.MethodNotAllowed(s.methodNotAllowed)
 	// One flat router (no r.Route sub-router): each request is routed once.
 	v1 := r.With(s.refuseWhileDraining)
 	v1.Post("/v1/publish/{subject}", s.handlePublish())

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -41,12 +42,18 @@ type config struct {
 	debugListen         string
 	logFormat           string
 	logLevel            string
+	version             bool
 
 	set map[string]bool // flags given on the command line or in the environment
 }
 
 // envName is a flag's environment twin: --nats-url is GATEWAY_NATS_URL.
+// --version has none: a GATEWAY_VERSION a deployment sets for its own
+// purposes must not turn the gateway into a version printer.
 func envName(flagName string) string {
+	if flagName == "version" {
+		return ""
+	}
 	return "GATEWAY_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
@@ -54,8 +61,11 @@ func envName(flagName string) string {
 // line from its GATEWAY_* environment variable.
 func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*config, error) {
 	c := &config{set: map[string]bool{}}
-	fs := flag.NewFlagSet("gateway", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs := flag.NewFlagSet("natsgate", flag.ContinueOnError)
+	// The flag package would print a parse error and the whole usage; the
+	// error is printed once, by main, and the usage only for --help.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "HTTP listen address")
 	fs.StringVar(&c.token, "token", "", "token the embedded NATS server accepts (all permissions); generated and printed once when neither it nor --tokens-file is set")
 	fs.StringVar(&c.tokensFile, "tokens-file", "", "JSON file of named tokens with NATS permissions for the embedded server; reloaded on SIGHUP")
@@ -87,19 +97,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&c.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (e.g. 127.0.0.1:6060); off when empty. Never expose it publicly")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: gateway [flags]\n\nnatsgate: HTTP and WebSocket gateway to a token-authenticated NATS server.\nEvery flag can also be set by the environment variable shown beside it.\n\n")
-		fs.VisitAll(func(f *flag.Flag) {
-			name, usage := flag.UnquoteUsage(f)
-			fmt.Fprintf(stderr, "  --%s %s  (%s)\n    \t%s", f.Name, name, envName(f.Name), usage)
-			if f.DefValue != "" && f.DefValue != "0" {
-				fmt.Fprintf(stderr, " (default %q)", f.DefValue)
-			}
-			fmt.Fprintln(stderr)
-		})
-	}
+	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
-		return nil, err
+		if errors.Is(err, flag.ErrHelp) {
+			printUsage(stderr, fs)
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (natsgate --help lists the flags)", err)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q (flags start with --)", fs.Args())
@@ -107,7 +111,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if c.set[f.Name] || envErr != nil {
+		if c.set[f.Name] || envErr != nil || envName(f.Name) == "" {
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {
@@ -118,4 +122,31 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 		}
 	})
 	return c, envErr
+}
+
+// printUsage writes --help: each flag with its GATEWAY_* twin and its
+// default (strings quoted, numbers and durations as they are typed).
+func printUsage(w io.Writer, fs *flag.FlagSet) {
+	fmt.Fprint(w, `Usage: natsgate [flags]   (the binary go install builds is named gateway)
+
+natsgate: HTTP and WebSocket gateway to a token-authenticated NATS server.
+Every flag can also be set by the environment variable shown beside it.
+
+`)
+	fs.VisitAll(func(f *flag.Flag) {
+		name, usage := flag.UnquoteUsage(f)
+		env := envName(f.Name)
+		if env == "" {
+			env = "no environment twin"
+		}
+		fmt.Fprintf(w, "  --%s %s  (%s)\n    \t%s", f.Name, name, env, usage)
+		switch {
+		case f.DefValue == "" || f.DefValue == "0" || f.DefValue == "false":
+		case name == "string":
+			fmt.Fprintf(w, " (default %q)", f.DefValue)
+		default:
+			fmt.Fprintf(w, " (default %s)", f.DefValue)
+		}
+		fmt.Fprintln(w)
+	})
 }

@@ -32,7 +32,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "gateway:", err)
+		fmt.Fprintln(os.Stderr, "natsgate:", err)
 		os.Exit(1)
 	}
 }
@@ -47,6 +47,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	if err != nil {
 		return err
+	}
+	if cfg.version {
+		fmt.Fprintln(stdout, readVersion())
+		return nil
 	}
 	logger, err := newLogger(cfg.logFormat, cfg.logLevel, stderr)
 	if err != nil {
@@ -79,6 +83,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		if embedded, err = bridge.StartEmbedded(ecfg); err != nil {
+			if errors.Is(err, bridge.ErrListen) {
+				return fmt.Errorf("%w; choose another address with --nats-listen host:port, or --nats-listen off to serve only the gateway", err)
+			}
 			return err
 		}
 		defer func() {
@@ -90,6 +97,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("embedded nats-server started", "client_url", embedded.ClientURL())
 	}
 	pool := bridge.NewPool(poolCfg)
+	if embedded == nil {
+		if err := pool.Ready(ctx); err != nil {
+			logger.Warn("NATS unreachable at start-up: /readyz, publishes and requests answer 503 until it answers", "nats_url", cfg.natsURL, "err", err)
+		}
+	}
 
 	api := httpapi.NewServer(logger.With("component", "http"), pool, httpapi.Config{
 		MaxSubjectLen:     cfg.maxSubjectLen,
@@ -119,7 +131,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
-	logger.Info("natsgate listening", "addr", ln.Addr().String(), "nats", natsDescription(cfg, embedded))
+	// The address first: tools read it from this line (gatewayproc.ListenAddr).
+	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
+	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "nats", natsDescription(cfg, embedded))...)
 	if generated != "" {
 		printBanner(stdout, base, generated)
 	}

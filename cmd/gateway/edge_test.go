@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// problemOf sends a request and returns its status and problem detail.
+func problemOf(t *testing.T, method, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var p struct{ Detail string }
+	_ = json.Unmarshal(b, &p)
+	return resp.StatusCode, p.Detail
+}
+
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestUnreachableNATSIsAWarningAndPublishSaysWhy(t *testing.T) {
+	s := start(t, nil, "--nats-url", "nats://"+closedPort(t))
+	warn := 0
+	for _, l := range strings.Split(s.stderr.String(), "\n") {
+		if strings.Contains(l, "level=WARN") && strings.Contains(l, "NATS unreachable") {
+			warn++
+		}
+	}
+	if warn != 1 {
+		t.Fatalf("%d WARN lines about unreachable NATS at start-up, want 1:\n%s", warn, s.stderr)
+	}
+	code, ready := problemOf(t, "GET", s.base+"/readyz", "")
+	if code != 503 || !strings.Contains(ready, "connection refused") {
+		t.Fatalf("/readyz: %d %q", code, ready)
+	}
+	for _, path := range []string{"/v1/publish/x", "/v1/request/x"} {
+		code, detail := problemOf(t, "POST", s.base+path, "any")
+		if code != 503 || detail != ready {
+			t.Errorf("POST %s: %d %q, want 503 with /readyz's cause %q", path, code, detail, ready)
+		}
+	}
+}
+
+// TestBusyNATSPortFailsAtOnce: a port already taken (a nats-server of
+// the user's own, say) is an error naming the address and --nats-listen,
+// at once, not after the embedded server's 10 s readiness wait.
+func TestBusyNATSPortFailsAtOnce(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	addr := busy.Addr().String()
+	begin := time.Now()
+	err = run(context.Background(), []string{"--listen", "127.0.0.1:0", "--nats-listen", addr, "--token", "t"},
+		func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "--nats-listen") {
+		t.Fatalf("busy NATS port: %v, want an error naming %s and --nats-listen", err, addr)
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("busy NATS port reported after %v", d)
+	}
+}
