@@ -1,11 +1,13 @@
 package httpapi
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -507,5 +509,131 @@ func TestStoredBatchIsPipelinedWithinItsBound(t *testing.T) {
 	}
 	if most > window {
 		t.Fatalf("%d messages were in flight at once, over the window of %d", most, window)
+	}
+}
+
+func TestConcurrentStoredPublishesShareOneAckInbox(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream)
+	g.putStream("ORDERS", `{"subjects":["orders.>"]}`)
+	const workers, each = 16, 10
+	seqs := make(chan uint64, workers*each)
+	errs := make(chan string, workers*each)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				req, _ := http.NewRequest("POST", fmt.Sprintf("%s/v1/js/publish/orders.%d", g.URL, w), strings.NewReader(fmt.Sprint(i)))
+				req.Header.Set("Authorization", "Bearer "+ordersToken)
+				resp, err := g.client.Do(req)
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				var ack bridge.PubAck
+				err = json.NewDecoder(resp.Body).Decode(&ack)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || err != nil {
+					errs <- fmt.Sprintf("status %d: %v", resp.StatusCode, err)
+					return
+				}
+				seqs <- ack.Seq
+			}
+		})
+	}
+	wg.Wait()
+	close(seqs)
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	seen := map[uint64]bool{}
+	for s := range seqs {
+		if seen[s] || s < 1 || s > workers*each {
+			t.Fatalf("sequence %d acknowledged twice or out of range", s)
+		}
+		seen[s] = true
+	}
+	if len(seen) != workers*each || g.streamState("ORDERS").State.Messages != workers*each {
+		t.Fatalf("%d acknowledgements, want %d", len(seen), workers*each)
+	}
+}
+
+func TestStreamMaxMsgSizeIs413(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream)
+	g.putStream("SMALL", `{"subjects":["small.>"],"max_msg_size":8}`)
+	resp, body := g.jsPublish(adminToken, "small.x", "more than eight bytes")
+	wantProblem(t, resp, body, http.StatusRequestEntityTooLarge, "message size exceeds maximum allowed")
+	resp, body = g.jsPublish(adminToken, "small.x", "tiny")
+	wantAck(t, resp, body, "SMALL", 1, false)
+}
+
+func TestJetStreamMetricsCountOutcomes(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream)
+	g.putStream("ORDERS", `{"subjects":["orders.>"]}`)                                            // put 201
+	g.do("PUT", "/v1/streams/ORDERS", adminToken, strings.NewReader(`{"subjects":["orders.>"]}`)) // put 200
+	g.do("PUT", "/v1/streams/BAD", adminToken, strings.NewReader(`{"nope":1}`))                   // put 400
+	g.do("GET", "/v1/streams", adminToken, nil)                                                   // list 200
+	g.do("GET", "/v1/streams/NONE", adminToken, nil)                                              // get 404
+	g.do("DELETE", "/v1/streams/NONE", ordersToken, nil)                                          // delete 403
+	g.jsPublish(adminToken, "orders.a", "1")                                                      // 200
+	g.jsPublish(adminToken, "nostream", "2")                                                      // 404
+	g.jsPublish(adminToken, "orders.b", "3", "NatsH-Nats-Expected-Last-Sequence", "9")            // 409
+	batch := "{\"subject\":\"orders.c\"}\n{\"subject\":\"orders.d\"}\n{\"subject\":\"nostream\"}\n"
+	g.do("POST", "/v1/js/publish", adminToken, strings.NewReader(batch), "Content-Type", "application/x-ndjson") // 200 ×2, 404
+	want := map[string]float64{
+		`natsgate_stream_operations_total{op="put",status="201"}`:    1,
+		`natsgate_stream_operations_total{op="put",status="200"}`:    1,
+		`natsgate_stream_operations_total{op="put",status="400"}`:    1,
+		`natsgate_stream_operations_total{op="list",status="200"}`:   1,
+		`natsgate_stream_operations_total{op="get",status="404"}`:    1,
+		`natsgate_stream_operations_total{op="delete",status="403"}`: 1,
+		`natsgate_stored_publishes_total{status="200"}`:              3,
+		`natsgate_stored_publishes_total{status="404"}`:              2,
+		`natsgate_stored_publishes_total{status="409"}`:              1,
+	}
+	for series, v := range want {
+		if got := metricValue(t, g, series); got != v {
+			t.Errorf("%s = %v, want %v", series, got, v)
+		}
+	}
+}
+
+// A stream with no_ack stores messages without acknowledging them: the
+// gateway cannot say they were stored.
+func TestStoredPublishWithoutAckIs504(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream, func(o *gatewayOptions) { o.pool.ConfirmTimeout = 300 * time.Millisecond })
+	g.putStream("SILENT", `{"subjects":["silent.>"],"no_ack":true}`)
+	resp, body := g.jsPublish(adminToken, "silent.x", "x")
+	wantProblem(t, resp, body, http.StatusGatewayTimeout, "did not acknowledge within 300ms")
+}
+
+func TestStoredPublishAwaitingItsAckWhenNATSGoesIs503(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream, func(o *gatewayOptions) {
+		o.external = true
+		o.pool.ConfirmTimeout = 20 * time.Second
+	})
+	g.putStream("SILENT", `{"subjects":["silent.>"],"no_ack":true}`)
+	type answer struct {
+		resp *http.Response
+		body []byte
+		at   time.Time
+	}
+	done := make(chan answer, 1)
+	go func() {
+		resp, body := g.jsPublish(adminToken, "silent.x", "x")
+		done <- answer{resp, body, time.Now()}
+	}()
+	waitFor(t, "the message to be stored", func() bool { return g.streamState("SILENT").State.Messages == 1 })
+	down := time.Now()
+	_ = g.e.Shutdown(context.Background())
+	a := <-done
+	wantProblem(t, a.resp, a.body, http.StatusServiceUnavailable, "connection was lost before the stream acknowledged")
+	if d := a.at.Sub(down); d > 5*time.Second {
+		t.Fatalf("answered %v after NATS went: the ack timeout, not the outage", d)
 	}
 }
