@@ -637,3 +637,20 @@ func TestStoredPublishAwaitingItsAckWhenNATSGoesIs503(t *testing.T) {
 		t.Fatalf("answered %v after NATS went: the ack timeout, not the outage", d)
 	}
 }
+
+func TestCrossOriginStoredPublishMayCarryAnIdempotencyKey(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream, func(o *gatewayOptions) { o.cfg.AllowedOrigins = []string{"app.example.com"} })
+	req, _ := http.NewRequest("OPTIONS", g.URL+"/v1/js/publish/orders.eu", nil)
+	req.Header.Set("Origin", "https://app.example.com")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	req.Header.Set("Access-Control-Request-Headers", "authorization, idempotency-key, natsh-nats-expected-last-sequence")
+	resp, err := g.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent || !strings.Contains(resp.Header.Get("Access-Control-Allow-Headers"), "idempotency-key") {
+		t.Fatalf("preflight: %d %v", resp.StatusCode, resp.Header)
+	}
+}
