@@ -69,8 +69,10 @@ type Conn struct {
 
 	perms permissionLog
 
-	jsOnce sync.Once
-	jsh    jetstream.JetStream // see js
+	jsOnce  sync.Once
+	jsh     jetstream.JetStream // see js
+	jsAvail jsProbe             // see jetStreamAvailable
+	acks    ackRouter           // stored publishes awaiting their stream's acknowledgement
 
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject

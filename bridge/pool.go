@@ -53,6 +53,10 @@ type Config struct {
 	// 65536 messages and 8 MiB (nats.go's own are 512Ki and 64 MiB).
 	PendingMsgs  int
 	PendingBytes int
+	// StoredInFlight bounds the messages of one stored batch publish
+	// (Conn.PublishStoredBatch) awaiting their stream's acknowledgement
+	// at once. Default 256.
+	StoredInFlight int
 	// Logger receives connection events. Nil discards them.
 	Logger *slog.Logger
 }
@@ -81,6 +85,7 @@ func (c *Config) setDefaults() {
 	defInt(&c.MaxDialing, 32)
 	defInt(&c.PendingMsgs, 65536)
 	defInt(&c.PendingBytes, 8<<20)
+	defInt(&c.StoredInFlight, 256)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}

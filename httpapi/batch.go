@@ -70,6 +70,55 @@ type batchResult struct {
 	Detail string `json:"detail,omitempty"`
 }
 
+// readBatch reads an NDJSON batch body (see checkBatchType): one JSON
+// entry per line, blank lines skipped, at most MaxBatchEntries entries in
+// at most MaxBatchBytes; the one parser of both batch kinds. parse turns a
+// line into a message; an entry it refuses is that entry's error
+// (errs[i]), not the batch's, and msgs[i] is then an empty message.
+func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, parse func(line []byte) (*bridge.Msg, error)) (msgs []*bridge.Msg, errs []error, err error) {
+	body, err := s.readBody(w, r, s.cfg.MaxBatchBytes)
+	if err != nil {
+		return nil, nil, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(nil, len(body)+1)
+	for sc.Scan() {
+		line := bytes.TrimSpace(sc.Bytes())
+		if len(line) == 0 {
+			continue
+		}
+		if len(msgs) == s.cfg.MaxBatchEntries {
+			return nil, nil, badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries)
+		}
+		m, err := parse(line)
+		if m == nil {
+			m = &bridge.Msg{}
+		}
+		msgs, errs = append(msgs, m), append(errs, err)
+	}
+	if len(msgs) == 0 {
+		return nil, nil, badRequest("empty batch: send one JSON entry per line")
+	}
+	return msgs, errs, nil
+}
+
+// checkBatchType refuses a batch body that does not say it is NDJSON.
+func checkBatchType(r *http.Request) error {
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-ndjson" && mt != "application/jsonl" {
+		return fmt.Errorf("%w: send Content-Type: application/x-ndjson, one JSON entry per line", errUnsupported)
+	}
+	return nil
+}
+
+// parseEntry decodes a core batch entry.
+func parseEntry(line []byte) (*bridge.Msg, error) {
+	var wm wireMsg
+	if err := json.Unmarshal(line, &wm); err != nil {
+		return nil, badRequest("entry is not a JSON object: %v", err)
+	}
+	return wm.toMsg()
+}
+
 // handlePublishBatch handles "POST /v1/publish": NDJSON entries, one
 // confirmation round trip for all; 204 when all were published, else 207
 // with a result per entry. Bad entries do not stop good ones.
@@ -79,46 +128,17 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-ndjson" && mt != "application/jsonl" {
-			return fmt.Errorf("%w: send Content-Type: application/x-ndjson, one JSON entry per line", errUnsupported)
+		if err := checkBatchType(r); err != nil {
+			return err
 		}
 		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
 		if err != nil {
 			return err
 		}
 		defer c.Release()
-		body, err := s.readBody(w, r, s.cfg.MaxBatchBytes)
+		msgs, errs, err := s.readBatch(w, r, parseEntry)
 		if err != nil {
 			return err
-		}
-		var (
-			msgs []*bridge.Msg
-			errs []error
-		)
-		sc := bufio.NewScanner(bytes.NewReader(body))
-		sc.Buffer(nil, len(body)+1)
-		for sc.Scan() {
-			line := bytes.TrimSpace(sc.Bytes())
-			if len(line) == 0 {
-				continue
-			}
-			if len(msgs) == s.cfg.MaxBatchEntries {
-				return badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries)
-			}
-			var wm wireMsg
-			m, err := (*bridge.Msg)(nil), json.Unmarshal(line, &wm)
-			if err != nil {
-				err = badRequest("entry is not a JSON object: %v", err)
-			} else {
-				m, err = wm.toMsg()
-			}
-			if m == nil {
-				m = &bridge.Msg{}
-			}
-			msgs, errs = append(msgs, m), append(errs, err)
-		}
-		if len(msgs) == 0 {
-			return badRequest("empty batch: send one JSON entry per line")
 		}
 		var valid []*bridge.Msg
 		var at []int

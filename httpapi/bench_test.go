@@ -27,3 +27,33 @@ func BenchmarkPublishHandler(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkStoredPublishHandler measures one stored publish, without the
+// network: the handler chain, the publish with its ack inbox and the
+// stream's acknowledgement (the embedded server's JetStream work, memory
+// storage, included).
+func BenchmarkStoredPublishHandler(b *testing.B) {
+	g := startGateway(b, withJetStream)
+	req := httptest.NewRequest("PUT", "/v1/streams/BENCH", bytes.NewReader([]byte(`{"subjects":["bench.>"],"storage":"memory","max_msgs":100000}`)))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	w := httptest.NewRecorder()
+	g.api.ServeHTTP(w, req)
+	if w.Code != http.StatusCreated {
+		b.Fatalf("stream: %d %s", w.Code, w.Body)
+	}
+	body := []byte("0123456789abcdef")
+	b.ReportAllocs()
+	b.SetParallelism(32) // each waits for its ack: keep the server busy
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			req := httptest.NewRequest("POST", "/v1/js/publish/bench.x", bytes.NewReader(body))
+			req.Header.Set("Authorization", "Bearer "+adminToken)
+			w := httptest.NewRecorder()
+			g.api.ServeHTTP(w, req)
+			if w.Code != http.StatusOK {
+				b.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+		}
+	})
+}

@@ -50,7 +50,7 @@ func (s *Server) checkOrigin(r *http.Request) error {
 
 // corsAllowHeaders are the request headers a cross-origin caller may send,
 // besides NatsH-* headers.
-var corsAllowHeaders = []string{"authorization", "content-type", "x-request-id", "accept", "last-event-id"}
+var corsAllowHeaders = []string{"authorization", "content-type", "x-request-id", "accept", "last-event-id", "idempotency-key"}
 
 // corsExposeHeaders are the response headers cross-origin callers may read
 // (the NatsH-* headers of a reply are added per response).

@@ -24,6 +24,8 @@ type Metrics struct {
 	dropped       *prometheus.CounterVec
 	slowClosed    *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
+	stored        *prometheus.CounterVec
+	streamOps     *prometheus.CounterVec
 
 	// series caches request series by reqKey. Keys are bounded: routes
 	// are the router's patterns (or "unmatched"), methods and statuses
@@ -63,9 +65,17 @@ func newMetrics(b Broker) *Metrics {
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natsgate_auth_failures_total", Help: "Failed authentications by reason.",
 		}, []string{"reason"}),
+		stored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_stored_publishes_total",
+			Help: "Stored (JetStream) publishes by the status each got: one per message of POST /v1/js/publish/{subject}, one per entry of a POST /v1/js/publish batch.",
+		}, []string{"status"}),
+		streamOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_stream_operations_total",
+			Help: "Stream management operations (op: put, get, list, delete) by status.",
+		}, []string{"op", "status"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
-		m.slowClosed, m.authFailures,
+		m.slowClosed, m.authFailures, m.stored, m.streamOps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",

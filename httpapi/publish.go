@@ -22,15 +22,24 @@ const headerPrefix = "NatsH-"
 
 // subjectParam returns the {subject} path segment, unescaped.
 func subjectParam(r *http.Request) (string, error) {
-	s := chi.URLParam(r, "subject")
+	s, ok := pathParam(r, "subject")
+	if !ok {
+		return "", fmt.Errorf("%w: bad escape in subject", bridge.ErrBadSubject)
+	}
+	return s, nil
+}
+
+// pathParam returns a path segment, unescaped; false for a bad escape.
+func pathParam(r *http.Request, name string) (string, bool) {
+	s := chi.URLParam(r, name)
 	if r.URL.RawPath != "" {
 		u, err := url.PathUnescape(s)
 		if err != nil {
-			return "", fmt.Errorf("%w: bad escape in subject", bridge.ErrBadSubject)
+			return "", false
 		}
 		s = u
 	}
-	return s, nil
+	return s, true
 }
 
 // queryValue is r.URL.Query().Get(name) without parsing an empty query.

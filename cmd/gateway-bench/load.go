@@ -149,6 +149,11 @@ func httpClient(conns int) *http.Client {
 
 // httpOp posts body to url and wants a 204.
 func httpOp(client *http.Client, url, token, contentType string, body []byte, msgs int) op {
+	return httpOpWant(client, url, token, contentType, body, msgs, http.StatusNoContent)
+}
+
+// httpOpWant posts body to url and wants the status want.
+func httpOpWant(client *http.Client, url, token, contentType string, body []byte, msgs, want int) op {
 	return func(ctx context.Context) (int, error) {
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 		if err != nil {
@@ -162,7 +167,7 @@ func httpOp(client *http.Client, url, token, contentType string, body []byte, ms
 		}
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != http.StatusNoContent {
+		if resp.StatusCode != want {
 			return 0, fmt.Errorf("status %d", resp.StatusCode)
 		}
 		return msgs, nil

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // bench holds what the rows share.
@@ -35,6 +37,8 @@ func rowTitle(name string, o *options) string {
 	switch name {
 	case "publish":
 		return fmt.Sprintf("Confirmed HTTP publish, %d keep-alive conns, %d B body", o.conns, o.body)
+	case "jspublish":
+		return fmt.Sprintf("Stored publish (/v1/js/publish), %d keep-alive conns, %d B body, memory stream", o.conns, o.body)
 	case "batch":
 		return fmt.Sprintf("Batch publish, %d × %d B per request, %d clients", o.batch, o.entryBytes, o.batchClients)
 	case "fanout":
@@ -53,6 +57,8 @@ func (b *bench) runRow(ctx context.Context, name string) (row, error) {
 	switch name {
 	case "publish":
 		err = b.rowPublish(ctx, &r)
+	case "jspublish":
+		err = b.rowJSPublish(ctx, &r)
 	case "batch":
 		err = b.rowBatch(ctx, &r)
 	case "fanout":
@@ -122,6 +128,69 @@ func (b *bench) rowPublish(ctx context.Context, r *row) error {
 	r.goal = "≥ 0.6×"
 	r.met = verdict(ratio >= 0.6 && tg.errs == 0 && tp.errs == 0)
 	logf("publish: gateway %.0f req/s (%d errors), plain %.0f req/s (%d errors)", tg.opsPerSec(), tg.errs, tp.opsPerSec(), tp.errs)
+	return nil
+}
+
+// rowJSPublish: POST /v1/js/publish/bench.js.x through the gateway ÷
+// nats.go's jetstream Publish (which waits for the stream's ack) from as
+// many goroutines over one connection, as the gateway has one per token,
+// into the same memory stream on the gateway's embedded server.
+func (b *bench) rowJSPublish(ctx context.Context, r *row) error {
+	o := b.o
+	g, err := b.startGateway(ctx, "jspublish")
+	if err != nil {
+		return err
+	}
+	defer g.stop()
+	const subject = "bench.js.x"
+	cfg := []byte(`{"subjects":["bench.js.>"],"storage":"memory","max_msgs":1000000,"discard":"old"}`)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, "http://"+g.addr+"/v1/streams/BENCH", bytes.NewReader(cfg))
+	req.Header.Set("Authorization", "Bearer "+g.token)
+	resp, err := httpClient(1).Do(req)
+	if err != nil {
+		return fmt.Errorf("create stream: %w", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		return fmt.Errorf("create stream: status %d", resp.StatusCode)
+	}
+	nc, err := nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-js"), nats.NoReconnect())
+	if err != nil {
+		return fmt.Errorf("nats connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+
+	body := payload(o.body)
+	gc := httpClient(o.conns)
+	gwOps := make([]op, o.conns)
+	natsOps := make([]op, o.conns)
+	for i := range gwOps {
+		gwOps[i] = httpOpWant(gc, "http://"+g.addr+"/v1/js/publish/"+subject, g.token, "application/octet-stream", body, 1, http.StatusOK)
+		natsOps[i] = func(ctx context.Context) (int, error) {
+			if _, err := js.Publish(ctx, subject, body); err != nil {
+				return 0, err
+			}
+			return 1, nil
+		}
+	}
+	tg, tn, err := sideBySide(ctx, o, g, gwOps, natsOps)
+	if err != nil {
+		return err
+	}
+	ratio := tg.opsPerSec() / tn.opsPerSec()
+	r.gateway = describe(tg, "req/s", tg.opsPerSec())
+	r.baseline = fmt.Sprintf("nats.go jetstream Publish, %d goroutines on one connection: ", o.conns) + describe(tn, "msg/s", tn.opsPerSec())
+	r.result = fmt.Sprintf("**%.2f×**", ratio)
+	r.goal = "— (informational)"
+	r.met = "—"
+	if tg.errs > 0 || tn.errs > 0 {
+		r.met = "**errors**"
+	}
+	logf("jspublish: gateway %.0f req/s (%d errors), nats.go %.0f msg/s (%d errors)", tg.opsPerSec(), tg.errs, tn.opsPerSec(), tn.errs)
 	return nil
 }
 

@@ -17,6 +17,9 @@ type config struct {
 	natsURL             string
 	natsListen          string
 	natsConfig          string
+	jetstream           bool
+	storeDir            string
+	jsMaxInflight       int
 	maxTokens           int
 	idleTimeout         time.Duration
 	connectTimeout      time.Duration
@@ -72,10 +75,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&c.natsURL, "nats-url", "", "use these NATS servers (comma-separated) instead of an embedded one")
 	fs.StringVar(&c.natsListen, "nats-listen", "127.0.0.1:4222", `embedded server's address for native NATS clients, or "off"`)
 	fs.StringVar(&c.natsConfig, "nats-config", "", "nats-server configuration file for the embedded server (cluster, TLS, limits, JetStream)")
+	fs.BoolVar(&c.jetstream, "jetstream", true, "run JetStream in the embedded server (--jetstream=false: off); with --nats-config its jetstream {} block decides")
+	fs.StringVar(&c.storeDir, "store-dir", "", "directory where the embedded server's JetStream keeps streams (file storage); without it a temporary directory, removed at exit")
+	fs.IntVar(&c.jsMaxInflight, "js-max-inflight", 256, "messages of one stored batch publish (/v1/js/publish) awaiting their stream's acknowledgement at once")
 	fs.IntVar(&c.maxTokens, "max-tokens", 1024, "distinct tokens with an open NATS connection at once")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "close a token's NATS connection after it is unused this long")
 	fs.DurationVar(&c.connectTimeout, "nats-connect-timeout", 5*time.Second, "bound on one NATS connection attempt")
-	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", 5*time.Second, "bound on the round trip that confirms a publish")
+	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", 5*time.Second, "bound on the round trip that confirms a publish, on a JetStream API call and on a stored publish's acknowledgement")
 	fs.DurationVar(&c.requestTimeout, "request-timeout", 5*time.Second, "request timeout when the client gives none")
 	fs.DurationVar(&c.maxRequestTimeout, "max-request-timeout", 60*time.Second, "largest request timeout a client may ask for")
 	fs.IntVar(&c.maxSubjectLen, "max-subject-length", 256, "longest subject, reply subject or queue group, in bytes")

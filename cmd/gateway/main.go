@@ -56,6 +56,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	if err := checkJetStreamFlags(cfg); err != nil {
+		return err
+	}
 
 	var (
 		embedded  *bridge.Embedded
@@ -67,6 +70,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxTokens:      cfg.maxTokens,
 		ConnectTimeout: cfg.connectTimeout,
 		ConfirmTimeout: cfg.confirmTimeout,
+		StoredInFlight: cfg.jsMaxInflight,
 		Logger:         logger.With("component", "bridge"),
 	}
 	if cfg.natsURL == "" {
@@ -82,6 +86,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if ecfg.Tokens, generated, err = gatewayTokens(cfg); err != nil {
 			return err
 		}
+		if cfg.natsConfig == "" && cfg.jetstream {
+			ecfg.JetStream, ecfg.StoreDir = true, cfg.storeDir
+			if ecfg.StoreDir == "" {
+				// A directory of this run's own: the next run makes
+				// another and would never find these streams, so they
+				// go at exit (after the server, deferred first).
+				if ecfg.StoreDir, err = os.MkdirTemp("", "natsgate-jetstream-"); err != nil {
+					return fmt.Errorf("JetStream store directory: %w", err)
+				}
+				defer os.RemoveAll(ecfg.StoreDir)
+				fmt.Fprintf(stdout, "natsgate: JetStream keeps streams in %s, a temporary directory removed at exit (--store-dir DIR keeps them)\n", ecfg.StoreDir)
+			}
+		}
 		if embedded, err = bridge.StartEmbedded(ecfg); err != nil {
 			if errors.Is(err, bridge.ErrListen) {
 				return fmt.Errorf("%w; choose another address with --nats-listen host:port, or --nats-listen off to serve only the gateway", err)
@@ -94,7 +111,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			_ = embedded.Shutdown(sctx)
 		}()
 		poolCfg.Server = embedded
-		logger.Info("embedded nats-server started", "client_url", embedded.ClientURL())
+		attrs := []any{"client_url", embedded.ClientURL(), "jetstream", embedded.JetStreamEnabled()}
+		if ecfg.StoreDir != "" {
+			attrs = append(attrs, "store_dir", ecfg.StoreDir)
+		}
+		logger.Info("embedded nats-server started", attrs...)
 	}
 	pool := bridge.NewPool(poolCfg)
 	if embedded == nil {
@@ -189,6 +210,22 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Warn("nats drain incomplete", "err", err)
 	}
 	logger.Info("stopped")
+	return nil
+}
+
+// checkJetStreamFlags refuses --jetstream and --store-dir where they
+// would be ignored: they configure the embedded server, unless its
+// --nats-config file's jetstream {} block does.
+func checkJetStreamFlags(cfg *config) error {
+	given := cfg.set["jetstream"] || cfg.set["store-dir"]
+	switch {
+	case given && cfg.natsURL != "":
+		return errors.New("--jetstream and --store-dir configure the embedded server; with --nats-url JetStream is what the NATS servers run")
+	case given && cfg.natsConfig != "":
+		return errors.New("with --nats-config the file's jetstream {} block decides (store_dir included): drop --jetstream and --store-dir")
+	case cfg.set["store-dir"] && !cfg.jetstream:
+		return errors.New("--store-dir without JetStream (--jetstream=false)")
+	}
 	return nil
 }
 
