@@ -1,7 +1,7 @@
 // The natsgate console (served at /): a page over client.js. Everything
 // shown from the network goes in with textContent, never as HTML; the
 // token stays in this page's memory (and the client's) only.
-import { connect } from '/client.js';
+import { NatsgateClient } from '/client.js';
 
 const MAX_LOG = 500;
 const MAX_ERRORS = 50;
@@ -161,67 +161,72 @@ function renderSubs() {
 /** @type {Map<string, () => Promise<void>>} */
 const unsubs = new Map();
 
-async function doConnect() {
-  const token = $('token').value;
+// The client is made, and becomes `client`, before its first attempt, so
+// that Disconnect while connecting closes it: no session the page has
+// forgotten connects behind its back. Every listener ignores a client that
+// is no longer the page's.
+function doConnect() {
+  const token = $('token').value.trim();
   if (!token) {
     showError(new Error('enter a token'), 'connect');
     return;
   }
+  if (client) client.close();
+  let c;
+  try {
+    c = new NatsgateClient({ token });
+  } catch (e) {
+    showError(e, 'connect');
+    return;
+  }
+  client = c;
+  let connected = false;
+  /** @template T @param {(d: T) => void} fn @returns {(d: T) => void} */
+  const mine = (fn) => (d) => { if (client === c) fn(d); };
+  c.on('connect', mine(({ info, reconnected }) => {
+    connected = true;
+    setState('connected');
+    // The connected frame says whether the token's NATS connection is up.
+    setNats(info.nats || 'connected');
+    $('info').textContent = `max_payload ${info.max_payload} B, max_subscriptions ${info.max_subscriptions}, queue ${info.queue_bytes} B`;
+    if (reconnected) logNotice('gateway reconnected', 'gateway');
+  }));
+  c.on('disconnect', mine(({ code, reason, willReconnect }) => {
+    if (willReconnect) logNotice(`gateway disconnected (${code}${reason ? `: ${reason}` : ''}), reconnecting`, 'gateway');
+  }));
+  c.on('subscribed', mine(({ subject, resubscribed }) => {
+    if (resubscribed) logNotice(`resubscribed ${subject}`, 'gateway');
+  }));
+  c.on('reconnecting', mine(({ attempt, delay }) => {
+    setState('reconnecting');
+    $('info').textContent = `reconnecting: attempt ${attempt} in ${Math.round(delay)} ms`;
+  }));
+  c.on('closed', mine(({ error, code }) => {
+    client = null;
+    unsubs.clear();
+    renderSubs();
+    setState('disconnected');
+    setNats('');
+    $('info').textContent = 'Not connected.';
+    if (code !== 1000) showError(error, connected ? 'connection' : 'connect');
+  }));
+  c.on('status', mine((st) => {
+    if (st.nats) {
+      setNats(st.nats);
+      logNotice(`nats ${st.nats}`, 'status');
+    } else if (st.gateway) {
+      logNotice(`gateway ${st.gateway}`, 'status');
+    }
+  }));
+  c.on('slowconsumer', mine(({ dropped }) => {
+    showError(new Error(`slow consumer: ${dropped} messages dropped`), 'gateway');
+    logNotice(`slow consumer: ${dropped} dropped`, 'warn');
+  }));
+  c.on('error', mine(({ error, subject }) => showError(error, subject ? `subscription ${subject}` : 'gateway')));
   setState('connecting');
   setNats('');
-  try {
-    const c = await connect({ token });
-    client = c;
-    c.on('connect', ({ info, reconnected }) => {
-      setState('connected');
-      $('info').textContent = `max_payload ${info.max_payload} B, max_subscriptions ${info.max_subscriptions}, queue ${info.queue_bytes} B`;
-      if (reconnected) {
-        setNats('connected');
-        logNotice('gateway reconnected', 'gateway');
-      }
-    });
-    c.on('disconnect', ({ code, reason, willReconnect }) => {
-      if (willReconnect) logNotice(`gateway disconnected (${code}${reason ? `: ${reason}` : ''}), reconnecting`, 'gateway');
-    });
-    c.on('subscribed', ({ subject, resubscribed }) => {
-      if (resubscribed) logNotice(`resubscribed ${subject}`, 'gateway');
-    });
-    c.on('reconnecting', ({ attempt, delay }) => {
-      setState('reconnecting');
-      $('info').textContent = `reconnecting: attempt ${attempt} in ${Math.round(delay)} ms`;
-    });
-    c.on('closed', ({ error, code }) => {
-      if (client !== c) return;
-      client = null;
-      unsubs.clear();
-      renderSubs();
-      setState('disconnected');
-      setNats('');
-      $('info').textContent = 'Not connected.';
-      if (code !== 1000) showError(error, 'connection');
-    });
-    c.on('status', (st) => {
-      if (st.nats) {
-        setNats(st.nats);
-        logNotice(`nats ${st.nats}`, 'status');
-      } else if (st.gateway) {
-        logNotice(`gateway ${st.gateway}`, 'status');
-      }
-    });
-    c.on('slowconsumer', ({ dropped }) => {
-      showError(new Error(`slow consumer: ${dropped} messages dropped`), 'gateway');
-      logNotice(`slow consumer: ${dropped} dropped`, 'warn');
-    });
-    c.on('error', ({ error, subject }) => showError(error, subject ? `subscription ${subject}` : 'gateway'));
-    setState('connected');
-    setNats('connected');
-    const info = c.info;
-    $('info').textContent = `max_payload ${info.max_payload} B, max_subscriptions ${info.max_subscriptions}, queue ${info.queue_bytes} B`;
-  } catch (e) {
-    client = null;
-    setState('disconnected');
-    showError(e, 'connect');
-  }
+  // A failed first attempt ends in 'closed', which the listener shows.
+  c.start().catch(() => {});
 }
 
 function doDisconnect() {

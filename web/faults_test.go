@@ -1,7 +1,11 @@
 package web_test
 
 import (
+	"bufio"
 	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,6 +37,28 @@ func (g *gateway) numSubs() uint32 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.e.NumSubscriptions()
+}
+
+// wsSessions is the gateway's count of open WebSocket sessions
+// (natsgate_open_streams{transport="ws"}).
+func (g *gateway) wsSessions() int {
+	g.t.Helper()
+	resp, err := http.Get(g.URL + "/metrics")
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), `natsgate_open_streams{transport="ws"} `); ok {
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				g.t.Fatalf("metrics line %q: %v", sc.Text(), err)
+			}
+			return int(n)
+		}
+	}
+	return 0
 }
 
 // waitUntil polls cond for up to within.
@@ -165,6 +191,73 @@ func TestClientPingDetectsDeadLink(t *testing.T) {
 	b.waitJS("connected again", `nc.state === 'connected' && ev.includes('connect true')`)
 	if got := eval[string](b, `nc.publish('alive.again', 'z').then(() => 'ok', (e) => e.message)`); got != "ok" {
 		t.Fatalf("publish after the link came back: %s", got)
+	}
+}
+
+// TestConsoleNATSBadgeFollowsConnectedFrame: a session opened while the
+// token's NATS connection is down says so in its connected frame, and the
+// NATS badge shows it.
+func TestConsoleNATSBadgeFollowsConnectedFrame(t *testing.T) {
+	g := startGateway(t, true)
+	b := newBrowser(t)
+	b.openConsole(g)
+	b.connect(adminToken)
+	b.waitJS("NATS badge connected", `document.getElementById('nats-state').textContent === 'connected'`)
+	u, err := url.Parse(g.natsURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.stopNATS()
+	b.waitJS("NATS badge disconnected", `document.getElementById('nats-state').textContent === 'disconnected'`)
+	b.do("disconnecting", chromedp.Click(chromedp.ID("disconnect")))
+	b.waitJS("state disconnected", `document.getElementById('state').textContent === 'disconnected'`)
+	b.do("connecting again", chromedp.Click(chromedp.ID("connect")))
+	b.waitJS("state connected", `document.getElementById('state').textContent === 'connected'`)
+	if got := eval[string](b, `document.getElementById('nats-state').textContent`); got != "disconnected" {
+		t.Fatalf("NATS badge %q for a session whose connected frame says NATS is disconnected%s", got, b.dump())
+	}
+	g.startNATS(u.Host)
+	b.waitJS("NATS badge reconnected", `document.getElementById('nats-state').textContent === 'reconnected'`)
+}
+
+// TestConsoleDisconnectWhileConnectingCancels: Disconnect while the
+// first attempt is under way cancels it, and a second Connect leaves one
+// session, not an orphan besides it.
+func TestConsoleDisconnectWhileConnectingCancels(t *testing.T) {
+	g := startGateway(t, false)
+	p := startProxy(t, g.addr)
+	b := newBrowser(t)
+	b.openAt(p.URL)
+	p.freeze()
+	b.do("connecting through a frozen link", chromedp.SendKeys(chromedp.ID("token"), adminToken), chromedp.Click(chromedp.ID("connect")))
+	b.waitJS("state connecting", `document.getElementById('state').textContent === 'connecting'`)
+	b.do("disconnecting", chromedp.Click(chromedp.ID("disconnect")))
+	b.waitJS("state disconnected", `document.getElementById('state').textContent === 'disconnected'`)
+	b.do("connecting again", chromedp.Click(chromedp.ID("connect")))
+	b.waitJS("state connecting", `document.getElementById('state').textContent === 'connecting'`)
+	p.thaw()
+	b.waitJS("state connected", `document.getElementById('state').textContent === 'connected'`)
+	waitUntil(t, "the session at the gateway", 5*time.Second, func() bool { return g.wsSessions() >= 1 })
+	// Give a cancelled attempt, had it gone on, time to show up.
+	eval[bool](b, `new Promise((r) => setTimeout(() => r(true), 500))`)
+	if n := g.wsSessions(); n != 1 {
+		t.Fatalf("%d WebSocket sessions at the gateway after Disconnect while connecting and Connect again, want 1%s", n, b.dump())
+	}
+	if got := eval[string](b, `document.getElementById('state').textContent`); got != "connected" {
+		t.Fatalf("state %q%s", got, b.dump())
+	}
+}
+
+// TestConsoleTrimsToken: spaces or a tab around a pasted token are not
+// part of it.
+func TestConsoleTrimsToken(t *testing.T) {
+	g := startGateway(t, false)
+	b := newBrowser(t)
+	b.openConsole(g)
+	b.do("connecting with a padded token", chromedp.SetValue(chromedp.ID("token"), " \t"+adminToken+"  "), chromedp.Click(chromedp.ID("connect")))
+	b.waitJS("the attempt to settle", `document.getElementById('state').textContent === 'connected' || document.querySelectorAll('#errors li').length > 0`)
+	if got := eval[string](b, `document.getElementById('state').textContent`); got != "connected" {
+		t.Fatalf("a token with spaces around it: state %q%s", got, b.dump())
 	}
 }
 
