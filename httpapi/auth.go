@@ -14,8 +14,9 @@ import (
 const maxTokenLen = 4096
 
 // urlTokenParams are query parameters that carry credentials in other
-// gateways; here they are refused, never read.
-var urlTokenParams = []string{"token", "access_token", "auth_token", "bearer"}
+// gateways (?authorization= is how Synadia's clients put a key in an
+// EventSource URL); here they are refused, never read.
+var urlTokenParams = []string{"token", "access_token", "auth_token", "bearer", "authorization", "api_key", "apikey"}
 
 // tokenInURL reports whether a URL carries credentials: userinfo or one of
 // urlTokenParams (any letter case).
@@ -52,7 +53,9 @@ func refuseURLTokens(m *Metrics) func(http.Handler) http.Handler {
 }
 
 // bearerToken extracts the token of an "Authorization: Bearer <token>"
-// header. Error texts never include the header's value.
+// header, or of the bare form "Authorization: <token>" (one word, no
+// scheme) that Synadia's HTTP gateway clients send. Any other scheme
+// (Basic, …) is refused. Error texts never include the header's value.
 func bearerToken(r *http.Request) (string, error) {
 	vals := r.Header.Values("Authorization")
 	switch {
@@ -61,8 +64,12 @@ func bearerToken(r *http.Request) (string, error) {
 	case len(vals) > 1:
 		return "", fmt.Errorf("%w (more than one Authorization header)", errMissingToken)
 	}
-	scheme, tok, ok := strings.Cut(strings.TrimSpace(vals[0]), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") {
+	v := strings.TrimSpace(vals[0])
+	scheme, tok, ok := strings.Cut(v, " ")
+	switch {
+	case !ok && !strings.EqualFold(v, "Bearer"):
+		tok = v // the bare form
+	case !strings.EqualFold(scheme, "Bearer"):
 		return "", fmt.Errorf("%w (the Authorization header does not use the Bearer scheme)", errMissingToken)
 	}
 	return checkToken(strings.TrimSpace(tok))

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/nats-io/nats.go"
 )
 
 func withAssets(o *gatewayOptions) {
@@ -107,5 +108,75 @@ func TestHeadDoesNotOpenAStream(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 405 || g.serverSubs() != before {
 		t.Fatalf("HEAD on a stream: %d, subscriptions %d → %d", resp.StatusCode, before, g.serverSubs())
+	}
+}
+
+// TestBareAuthorizationIsAcceptedOnEveryRoute: "Authorization: <token>"
+// (one word, no scheme), as Synadia's clients send it, works wherever
+// "Bearer <token>" does; other schemes stay 401.
+func TestBareAuthorizationIsAcceptedOnEveryRoute(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	nc := g.native(adminToken)
+	nc.Subscribe("bare.svc", func(m *nats.Msg) { m.Respond([]byte("pong")) })
+	nc.Flush()
+	bare := func(method, path, ct, body string) *http.Response {
+		resp, _ := g.do(method, path, "", strings.NewReader(body), "Authorization", ordersToken, "Content-Type", ct)
+		return resp
+	}
+	if r := bare("POST", "/v1/publish/orders.bare", "", "x"); r.StatusCode != 204 {
+		t.Errorf("bare publish: %d", r.StatusCode)
+	}
+	if r := bare("POST", "/v1/publish", "application/x-ndjson", `{"subject":"orders.bare","data":"x"}`+"\n"); r.StatusCode != 204 {
+		t.Errorf("bare batch: %d", r.StatusCode)
+	}
+	resp, body := g.do("POST", "/v1/request/bare.svc", "", nil, "Authorization", adminToken)
+	if resp.StatusCode != 200 || string(body) != "pong" {
+		t.Errorf("bare request: %d %q", resp.StatusCode, body)
+	}
+	// The permissions are the bare token's own: orders may not publish here.
+	if r := bare("POST", "/v1/publish/billing.x", "", "x"); r.StatusCode != 403 {
+		t.Errorf("bare orders token outside its permissions: %d, want 403", r.StatusCode)
+	}
+	req, _ := http.NewRequest("GET", g.URL+"/v1/subscribe/orders.bare", nil)
+	req.Header.Set("Authorization", ordersToken)
+	sse, err := g.client.Do(req)
+	if err != nil || sse.StatusCode != 200 {
+		t.Fatalf("bare subscribe: %v %v", err, sse)
+	}
+	sse.Body.Close()
+	ws, resp, err := g.tryDialWS("", "Authorization", ordersToken)
+	if err != nil {
+		t.Fatalf("bare WebSocket upgrade: %v %v", err, resp)
+	}
+	ws.next("connected")
+
+	for _, h := range []string{"Basic " + ordersToken, "Token " + ordersToken, "Bearer", "bearer  ", "Basic"} {
+		resp, body := g.do("POST", "/v1/publish/orders.x", "", nil, "Authorization", h)
+		wantProblem(t, resp, body, 401, "")
+	}
+	// A bare word NATS rejects is an invalid token, as with Bearer.
+	resp, body = g.do("POST", "/v1/publish/orders.x", "", nil, "Authorization", "not-a-token")
+	wantProblem(t, resp, body, 401, "")
+	if !strings.Contains(resp.Header.Get("WWW-Authenticate"), "invalid_token") {
+		t.Errorf("rejected bare token: WWW-Authenticate %q", resp.Header.Get("WWW-Authenticate"))
+	}
+}
+
+func TestCredentialQueryParametersAreRefused(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	for _, q := range []string{"authorization", "Authorization", "api_key", "API_KEY", "apikey", "ApiKey"} {
+		for _, path := range []string{"/v1/publish/x", "/v1/subscribe/x", "/v1/ws"} {
+			method := "GET"
+			if strings.HasPrefix(path, "/v1/publish") {
+				method = "POST"
+			}
+			resp, body := g.do(method, path+"?"+q+"=secret", "", nil)
+			wantProblem(t, resp, body, 400, "Authorization")
+			if !strings.Contains(resp.Header.Get("Content-Type"), "problem") || strings.Contains(string(body), "secret") {
+				t.Errorf("%s %s?%s=…: %s", method, path, q, body)
+			}
+		}
 	}
 }
