@@ -180,3 +180,47 @@ func TestCredentialQueryParametersAreRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptySubjectIsBadSubject: "POST /v1/publish/" is the right route
+// with no subject, not an unknown route. Sent with a plain client: an
+// empty path parameter matches no route of openapi.yaml.
+func TestEmptySubjectIsBadSubject(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	for _, tc := range []struct{ method, path string }{
+		{"POST", "/v1/publish/"}, {"POST", "/v1/request/"}, {"GET", "/v1/subscribe/"},
+	} {
+		req, _ := http.NewRequest(tc.method, g.URL+tc.path, nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		wantProblem(t, resp, body, 400, "the subject is empty")
+		if !strings.Contains(string(body), "bad-subject") {
+			t.Errorf("%s %s: %s, want kind bad-subject", tc.method, tc.path, body)
+		}
+	}
+	resp, body := g.do("GET", "/v1/nothing/", adminToken, nil)
+	wantProblem(t, resp, body, 404, "no such route")
+}
+
+// TestSubjectEndingInDotHintsAtQuoting: curl .../v1/subscribe/demo.> in
+// a shell sends "demo." (and writes the output to a file named "").
+func TestSubjectEndingInDotHintsAtQuoting(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	for _, tc := range []struct{ method, path string }{
+		{"GET", "/v1/subscribe/demo."}, {"POST", "/v1/publish/demo."}, {"POST", "/v1/request/demo."},
+	} {
+		resp, body := g.do(tc.method, tc.path, adminToken, nil)
+		wantProblem(t, resp, body, 400, "quote URLs that contain '>'")
+	}
+	resp, body := g.do("POST", "/v1/publish/a..b", adminToken, nil)
+	wantProblem(t, resp, body, 400, "empty token")
+	if strings.Contains(string(body), "quote") {
+		t.Errorf("a subject not ending in a dot got the quoting hint: %s", body)
+	}
+}

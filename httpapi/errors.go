@@ -122,6 +122,9 @@ func writeError(w http.ResponseWriter, r *http.Request, err error) {
 		h.Set("Retry-After", strconv.Itoa(s))
 	}
 	detail := err.Error()
+	if kind == "bad-subject" {
+		detail += subjectHint(r)
+	}
 	if status == http.StatusInternalServerError {
 		loggerFrom(r.Context()).Error("internal error", "err", err)
 		detail = "internal error; see the gateway's log for request " + requestID(r.Context())

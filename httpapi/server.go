@@ -180,7 +180,7 @@ func (s *Server) draining() bool {
 func (s *Server) addRoutes() chi.Router {
 	r := chi.NewRouter()
 	r.Use(observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors, s.answerHead)
-	r.NotFound(func(w http.ResponseWriter, r *http.Request) { writeError(w, r, errNotFound) })
+	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)
 	// One flat router (no r.Route sub-router): each request is routed once.
 	v1 := r.With(s.refuseWhileDraining)

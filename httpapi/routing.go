@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/go-chi/chi/v5"
+
+	"github.com/natsgate/natsgate/bridge"
 )
 
 // streamingGETs are the GET routes that answer with a stream (SSE, NDJSON,
@@ -100,4 +102,29 @@ func (s *Server) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
 		hint = "a stream has no HEAD; this route answers " + list
 	}
 	writeError(w, r, fmt.Errorf("%w: %s %s: %s", errMethod, r.Method, r.URL.Path, hint))
+}
+
+// notFound answers 404, or 400 bad-subject for a subject route whose
+// subject is empty ("POST /v1/publish/"): the route is right, the subject
+// is missing.
+func (s *Server) notFound(w http.ResponseWriter, r *http.Request) {
+	path := routePath(r)
+	method := r.Method
+	if method == http.MethodHead {
+		method = http.MethodGet
+	}
+	if strings.HasSuffix(path, "/") && strings.HasSuffix(s.router.Find(chi.NewRouteContext(), method, path+"x"), "/{subject}") {
+		writeError(w, r, fmt.Errorf("%w: the subject is empty; it goes after %s", bridge.ErrBadSubject, r.URL.Path))
+		return
+	}
+	writeError(w, r, errNotFound)
+}
+
+// subjectHint is added to a bad-subject problem whose URL ends in a dot:
+// most often a shell read the '>' of an unquoted URL as a redirect.
+func subjectHint(r *http.Request) string {
+	if !strings.HasSuffix(r.URL.Path, ".") {
+		return ""
+	}
+	return ` (a subject ending in "." is often a shell's doing: unquoted, "demo.>" becomes "demo." and a redirect; quote URLs that contain '>', as in curl 'http://…/v1/subscribe/demo.>')`
 }
