@@ -305,8 +305,13 @@ func (p *Pool) onClosed(c *Conn) {
 	}
 	c.removed = true
 	p.mu.Unlock()
-	if err := c.nc.LastError(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		p.cfg.Logger.Info("nats connection closed", "token", c.name, "err", err)
+	// Only an authentication error explains the close: any other last
+	// error (a permissions violation minutes ago) is unrelated to it.
+	switch reason := c.CloseReason(); reason {
+	case ReasonTokenRejected:
+		p.cfg.Logger.Info("nats connection closed", "token", c.name, "reason", reason, "err", c.nc.LastError())
+	case ReasonTokenRevoked:
+		p.cfg.Logger.Info("nats connection closed", "token", c.name, "reason", reason)
 	}
 	c.notify(Closed)
 }

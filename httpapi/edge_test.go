@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net/http"
@@ -222,5 +223,58 @@ func TestSubjectEndingInDotHintsAtQuoting(t *testing.T) {
 	wantProblem(t, resp, body, 400, "empty token")
 	if strings.Contains(string(body), "quote") {
 		t.Errorf("a subject not ending in a dot got the quoting hint: %s", body)
+	}
+}
+
+// TestRevokedTokenStreamEndsWithReason: a tokens-file reload that removes
+// a token ends its streams with {"op":"status","nats":"closed","reason":
+// "token revoked"}, and the log says so, not the token's last (unrelated)
+// permissions violation.
+func TestRevokedTokenStreamEndsWithReason(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	open := func(accept string) *bufio.Scanner {
+		req, _ := http.NewRequest("GET", g.URL+"/v1/subscribe/orders.revoked", nil)
+		req.Header.Set("Authorization", "Bearer "+ordersToken)
+		req.Header.Set("Accept", accept)
+		resp, err := g.client.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("subscribe: %v %v", err, resp)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		return bufio.NewScanner(resp.Body)
+	}
+	sse, nd := open("text/event-stream"), open("application/x-ndjson")
+	// An earlier permissions violation on the same connection.
+	resp, body := g.do("POST", "/v1/publish/billing.x", ordersToken, nil)
+	wantProblem(t, resp, body, 403, "")
+
+	_, keys, err := g.e.SetTokens(testTokens()[:1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.pool.Forget(keys...)
+	const want = `{"op":"status","nats":"closed","reason":"token revoked"}`
+	var sseLines []string
+	for sse.Scan() {
+		sseLines = append(sseLines, sse.Text())
+	}
+	if got := strings.Join(sseLines, "\n"); !strings.Contains(got, "event: status\ndata: "+want) {
+		t.Errorf("SSE stream ended with %q, want an event: status with %s", got, want)
+	}
+	var last string
+	for nd.Scan() {
+		if nd.Text() != "" {
+			last = nd.Text()
+		}
+	}
+	if last != want {
+		t.Errorf("NDJSON stream's last line %q, want %s", last, want)
+	}
+	waitFor(t, "the close logged", func() bool { return strings.Contains(g.logs.String(), `reason="token revoked"`) })
+	for _, l := range strings.Split(g.logs.String(), "\n") {
+		if strings.Contains(l, "nats connection closed") && strings.Contains(strings.ToLower(l), "permission") {
+			t.Errorf("the close is logged with a stale permissions error: %s", l)
+		}
 	}
 }

@@ -172,7 +172,7 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Co
 		case <-s.closing:
 			buf, end = f.appendNotice(buf, statusNotice("gateway", "shutting down")), true
 		case <-c.Done():
-			buf, end = f.appendNotice(buf, statusNotice("nats", "closed")), true
+			buf, end = f.appendNotice(buf, closedNotice(c)), true
 		case st := <-status:
 			buf = f.appendNotice(buf, statusNotice("nats", st.String()))
 		case <-keepAlive.C:
