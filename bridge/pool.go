@@ -250,9 +250,14 @@ func (p *Pool) dial(ctx context.Context, token string, c *Conn) (*nats.Conn, err
 		return nc, nil
 	case errors.Is(err, nats.ErrAuthorization), errors.Is(err, nats.ErrAuthExpired), errors.Is(err, nats.ErrAuthRevoked):
 		return nil, fmt.Errorf("%w: %v", ErrUnauthorized, err)
-	default:
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	case p.cfg.Server == nil && errors.Is(err, nats.ErrNoServers):
+		// nats.go says only "no servers available"; Ready's probe says
+		// why (connection refused, no such host), as /readyz does.
+		if cause := p.Ready(ctx); cause != nil {
+			return nil, cause
+		}
 	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
 func (p *Pool) rememberRejectLocked(key TokenKey) {

@@ -94,6 +94,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("embedded nats-server started", "client_url", embedded.ClientURL())
 	}
 	pool := bridge.NewPool(poolCfg)
+	if embedded == nil {
+		if err := pool.Ready(ctx); err != nil {
+			logger.Warn("NATS unreachable at start-up: /readyz, publishes and requests answer 503 until it answers", "nats_url", cfg.natsURL, "err", err)
+		}
+	}
 
 	api := httpapi.NewServer(logger.With("component", "http"), pool, httpapi.Config{
 		MaxSubjectLen:     cfg.maxSubjectLen,

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// problemOf sends a request and returns its status and problem detail.
+func problemOf(t *testing.T, method, url, token string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var p struct{ Detail string }
+	_ = json.Unmarshal(b, &p)
+	return resp.StatusCode, p.Detail
+}
+
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestUnreachableNATSIsAWarningAndPublishSaysWhy(t *testing.T) {
+	s := start(t, nil, "--nats-url", "nats://"+closedPort(t))
+	warn := 0
+	for _, l := range strings.Split(s.stderr.String(), "\n") {
+		if strings.Contains(l, "level=WARN") && strings.Contains(l, "NATS unreachable") {
+			warn++
+		}
+	}
+	if warn != 1 {
+		t.Fatalf("%d WARN lines about unreachable NATS at start-up, want 1:\n%s", warn, s.stderr)
+	}
+	code, ready := problemOf(t, "GET", s.base+"/readyz", "")
+	if code != 503 || !strings.Contains(ready, "connection refused") {
+		t.Fatalf("/readyz: %d %q", code, ready)
+	}
+	for _, path := range []string{"/v1/publish/x", "/v1/request/x"} {
+		code, detail := problemOf(t, "POST", s.base+path, "any")
+		if code != 503 || detail != ready {
+			t.Errorf("POST %s: %d %q, want 503 with /readyz's cause %q", path, code, detail, ready)
+		}
+	}
+}
