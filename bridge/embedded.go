@@ -40,6 +40,26 @@ type EmbeddedConfig struct {
 	Logger *slog.Logger
 }
 
+// ErrListen means the embedded server cannot listen for native clients at
+// its address (most often: another process, a nats-server perhaps, holds
+// the port).
+var ErrListen = errors.New("the embedded nats-server cannot listen for native NATS clients")
+
+// checkListen fails at once when the client port cannot be bound. Without
+// it, nats-server logs its listen error after "Server is ready" and
+// StartEmbedded would only give up when ReadyTimeout ends.
+func checkListen(opts *server.Options) error {
+	if opts.DontListen || opts.Port <= 0 {
+		return nil // no listener, or a random port
+	}
+	addr := net.JoinHostPort(opts.Host, strconv.Itoa(opts.Port))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("%w at %s: %v", ErrListen, addr, err)
+	}
+	return l.Close()
+}
+
 // Embedded is a nats-server running inside the gateway process.
 type Embedded struct {
 	s    *server.Server
@@ -105,6 +125,9 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		opts.Host, opts.Port = host, p
 	}
 	opts.DontListen = cfg.DontListen
+	if err := checkListen(opts); err != nil {
+		return nil, err
+	}
 	opts.NoSigs = true
 	var e Embedded
 	if cfg.Tokens != nil {

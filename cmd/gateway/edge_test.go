@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // problemOf sends a request and returns its status and problem detail.
@@ -58,5 +60,26 @@ func TestUnreachableNATSIsAWarningAndPublishSaysWhy(t *testing.T) {
 		if code != 503 || detail != ready {
 			t.Errorf("POST %s: %d %q, want 503 with /readyz's cause %q", path, code, detail, ready)
 		}
+	}
+}
+
+// TestBusyNATSPortFailsAtOnce: a port already taken (a nats-server of
+// the user's own, say) is an error naming the address and --nats-listen,
+// at once, not after the embedded server's 10 s readiness wait.
+func TestBusyNATSPortFailsAtOnce(t *testing.T) {
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	addr := busy.Addr().String()
+	begin := time.Now()
+	err = run(context.Background(), []string{"--listen", "127.0.0.1:0", "--nats-listen", addr, "--token", "t"},
+		func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "--nats-listen") {
+		t.Fatalf("busy NATS port: %v, want an error naming %s and --nats-listen", err, addr)
+	}
+	if d := time.Since(begin); d > 2*time.Second {
+		t.Fatalf("busy NATS port reported after %v", d)
 	}
 }

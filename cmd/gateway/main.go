@@ -83,6 +83,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		if embedded, err = bridge.StartEmbedded(ecfg); err != nil {
+			if errors.Is(err, bridge.ErrListen) {
+				return fmt.Errorf("%w; choose another address with --nats-listen host:port, or --nats-listen off to serve only the gateway", err)
+			}
 			return err
 		}
 		defer func() {
