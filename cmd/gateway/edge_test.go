@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +84,38 @@ func TestBusyNATSPortFailsAtOnce(t *testing.T) {
 	}
 	if d := time.Since(begin); d > 2*time.Second {
 		t.Fatalf("busy NATS port reported after %v", d)
+	}
+}
+
+func TestBannerCountsTokensAndNeverShowsThem(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tokens.json")
+	if err := os.WriteFile(file, []byte(`{"tokens":[{"name":"a","token":"secret-a-123"},{"name":"b","token":"secret-b-456"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		secrets []string
+	}{
+		{[]string{"--token", "secret-only-789"}, "1 token loaded (--token)", []string{"secret-only-789"}},
+		{[]string{"--tokens-file", file}, "2 tokens loaded (" + file + ")", []string{"secret-a-123", "secret-b-456"}},
+	} {
+		s := start(t, nil, tc.args...)
+		out := s.stdout.String()
+		if !strings.Contains(out, tc.want) || !strings.Contains(out, "export TOKEN=") {
+			t.Errorf("%v: banner lacks %q:\n%s", tc.args, tc.want, out)
+		}
+		if !strings.Contains(s.stderr.String(), "tokens loaded") {
+			t.Errorf("%v: no tokens loaded log line", tc.args)
+		}
+		for _, secret := range tc.secrets {
+			if strings.Contains(out+s.stderr.String(), secret) {
+				t.Errorf("%v: a token appears on stdout or in the log", tc.args)
+			}
+		}
+		if tc.args[0] == "--tokens-file" && !strings.Contains(out, "kill -HUP "+strconv.Itoa(os.Getpid())) {
+			t.Errorf("the banner does not say which pid to signal:\n%s", out)
+		}
 	}
 }

@@ -58,8 +58,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	var (
-		embedded  *bridge.Embedded
-		generated string
+		embedded   *bridge.Embedded
+		generated  string
+		tokenCount int
 	)
 	poolCfg := bridge.Config{
 		URL:            cfg.natsURL,
@@ -82,6 +83,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if ecfg.Tokens, generated, err = gatewayTokens(cfg); err != nil {
 			return err
 		}
+		tokenCount = len(ecfg.Tokens)
 		if embedded, err = bridge.StartEmbedded(ecfg); err != nil {
 			if errors.Is(err, bridge.ErrListen) {
 				return fmt.Errorf("%w; choose another address with --nats-listen host:port, or --nats-listen off to serve only the gateway", err)
@@ -134,9 +136,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// The address first: tools read it from this line (gatewayproc.ListenAddr).
 	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
 	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "nats", natsDescription(cfg, embedded))...)
-	if generated != "" {
-		printBanner(stdout, base, generated)
+	tokens := describeTokens(cfg, embedded, tokenCount, generated)
+	if tokens.count > 0 {
+		logger.Info("tokens loaded", "count", tokens.count, "from", tokens.from)
 	}
+	printBanner(stdout, banner{base: base, embedded: embedded, natsURL: cfg.natsURL, tokens: tokens,
+		reloads: cfg.tokensFile != "" && embedded != nil})
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -253,19 +258,6 @@ func natsDescription(cfg *config, e *bridge.Embedded) string {
 		return "embedded, native clients at " + u
 	}
 	return "embedded, in-process only"
-}
-
-func printBanner(w io.Writer, base, token string) {
-	fmt.Fprintf(w, `
-natsgate: no --token given, so this run uses a generated token (shown once, never logged):
-
-    %[2]s
-
-Try it (in a second terminal):
-    curl -N -H 'Authorization: Bearer %[2]s' %[1]s/v1/subscribe/demo
-    curl -H 'Authorization: Bearer %[2]s' -d 'hello' %[1]s/v1/publish/demo
-
-`, base, token)
 }
 
 // startDebug serves net/http/pprof on its own listener, apart from the API.
