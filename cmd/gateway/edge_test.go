@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -117,5 +118,36 @@ func TestBannerCountsTokensAndNeverShowsThem(t *testing.T) {
 		if tc.args[0] == "--tokens-file" && !strings.Contains(out, "kill -HUP "+strconv.Itoa(os.Getpid())) {
 			t.Errorf("the banner does not say which pid to signal:\n%s", out)
 		}
+	}
+}
+
+// TestReadmeRequestExampleIsNoResponders follows the README's "Try it":
+// with step 1's subscriber running, step 4's request finds no responder
+// (503), as the README promises, rather than a subscriber that never
+// answers (504).
+func TestReadmeRequestExampleIsNoResponders(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := regexp.MustCompile(`# 1\..*\n.*/v1/subscribe/([^'"\s]+)`).FindSubmatch(readme)
+	req := regexp.MustCompile(`# 4\..*\n(?:#.*\n)*.*/v1/request/([^?'"\s]+)`).FindSubmatch(readme)
+	if sub == nil || req == nil || !strings.Contains(string(readme), `503 "no responders"`) {
+		t.Fatal("the README's Try it no longer has steps 1 (subscribe) and 4 (request, 503 no responders)")
+	}
+	s := start(t, nil, "--token", "t")
+	stream, err := http.NewRequest("GET", s.base+"/v1/subscribe/"+string(sub[1]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Header.Set("Authorization", "Bearer t")
+	resp, err := http.DefaultClient.Do(stream)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("step 1: %v %v", err, resp)
+	}
+	defer resp.Body.Close()
+	code, detail := problemOf(t, "POST", s.base+"/v1/request/"+string(req[1])+"?timeout=2s", "t")
+	if code != 503 || !strings.Contains(detail, "no responders") {
+		t.Fatalf("step 4 (%s) with step 1 (%s) running: %d %q, want 503 no responders", req[1], sub[1], code, detail)
 	}
 }
