@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-var errOrigin = fmt.Errorf("%w: origin not allowed", errForbiddenOrigin)
+var errOrigin = fmt.Errorf("%w: origin not allowed; the gateway allows its own origin and those listed in --allowed-origins (GATEWAY_ALLOWED_ORIGINS, Config.AllowedOrigins)", errForbiddenOrigin)
 
 // originAllowed reports whether a browser request's Origin may use the
 // gateway: no Origin (not a browser, or same-origin GET), the gateway's

@@ -151,3 +151,15 @@ func TestReadmeRequestExampleIsNoResponders(t *testing.T) {
 		t.Fatalf("step 4 (%s) with step 1 (%s) running: %d %q, want 503 no responders", req[1], sub[1], code, detail)
 	}
 }
+
+func TestBrokenTokensFileNamesLineAndColumn(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens.json")
+	if err := os.WriteFile(file, []byte("{\"tokens\":[\n  {\"name\":\"a\",\"token\":\"x\"},\n  {\"name\":\"b\" \"token\":\"y\"}\n]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := run(context.Background(), []string{"--listen", "127.0.0.1:0", "--nats-listen", "off", "--tokens-file", file},
+		func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "line 3, column 15") {
+		t.Fatalf("broken tokens file: %v, want its line 3, column 15", err)
+	}
+}
