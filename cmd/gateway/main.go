@@ -56,6 +56,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	var cert *certificate // nil: plain HTTP
+	if cfg.tlsCert != "" || cfg.tlsKey != "" {
+		if cert, err = loadCertificate(cfg.tlsCert, cfg.tlsKey); err != nil {
+			return err
+		}
+	}
 
 	var (
 		embedded   *bridge.Embedded
@@ -133,15 +139,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
+	if cert != nil {
+		base = "https://" + ln.Addr().String()
+	}
 	// The address first: tools read it from this line (gatewayproc.ListenAddr).
 	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
-	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "nats", natsDescription(cfg, embedded))...)
+	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "url", base, "nats", natsDescription(cfg, embedded))...)
 	tokens := describeTokens(cfg, embedded, tokenCount, generated)
 	if tokens.count > 0 {
 		logger.Info("tokens loaded", "count", tokens.count, "from", tokens.from)
 	}
 	printBanner(stdout, banner{base: base, embedded: embedded, natsURL: cfg.natsURL, tokens: tokens,
-		reloads: cfg.tokensFile != "" && embedded != nil})
+		reloads: cfg.tokensFile != "" && embedded != nil || cert != nil})
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -153,7 +162,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	if cert != nil {
+		srv.TLSConfig = cert.tlsConfig()
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetHTTP2(true)
+		go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
 	if cfg.debugListen != "" {
 		dbg, err := startDebug(cfg.debugListen)
 		if err != nil {
@@ -165,8 +182,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("pprof listening", "addr", cfg.debugListen)
 	}
 
+	// SIGHUP reloads the tokens file and the TLS pair, each keeping what
+	// it had when the new files are broken.
 	hup := make(chan os.Signal, 1)
-	if cfg.tokensFile != "" && embedded != nil {
+	if cfg.tokensFile != "" && embedded != nil || cert != nil {
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
 	}
@@ -178,7 +197,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			_ = pool.Close(context.Background())
 			return fmt.Errorf("serve: %w", err)
 		case <-hup:
-			reloadTokens(logger, cfg.tokensFile, embedded, pool)
+			if cfg.tokensFile != "" && embedded != nil {
+				reloadTokens(logger, cfg.tokensFile, embedded, pool)
+			}
+			if cert != nil {
+				cert.reload(logger)
+			}
 		}
 	}
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,6 +46,9 @@ func start(t *testing.T, env map[string]string, args ...string) *started {
 	for {
 		if addr, ok := gatewayproc.ListenAddr(s.stderr.String()); ok {
 			s.base = "http://" + addr
+			if slices.Contains(args, "--tls-cert") {
+				s.base = "https://" + addr
+			}
 			break
 		}
 		select {
