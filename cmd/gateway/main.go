@@ -56,6 +56,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	proxies, err := parseTrustedProxies(cfg.trustedProxies)
+	if err != nil {
+		return err
+	}
 	var cert *certificate // nil: plain HTTP
 	if cfg.tlsCert != "" || cfg.tlsKey != "" {
 		if cert, err = loadCertificate(cfg.tlsCert, cfg.tlsKey); err != nil {
@@ -122,6 +126,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxBatchBytes:     cfg.maxBatchBytes,
 		AuthFailureLimit:  cfg.authFailureLimit,
 		AllowedOrigins:    splitList(cfg.allowedOrigins),
+		TrustedProxies:    proxies,
 		OpenAPI:           natsgate.OpenAPI,
 		Assets:            web.Assets,
 		WS: httpapi.WSConfig{
