@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -64,7 +65,7 @@ func ParseTokens(data []byte) ([]Token, error) {
 	dec.DisallowUnknownFields()
 	var f TokensFile
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("tokens file: %w", redactJSONError(err))
+		return nil, fmt.Errorf("tokens file: %w", redactJSONError(data, dec.InputOffset(), err))
 	}
 	if dec.More() {
 		return nil, errors.New("tokens file: unexpected data after the JSON object")
@@ -110,19 +111,31 @@ func ParseTokens(data []byte) ([]Token, error) {
 
 // redactJSONError keeps a JSON syntax or type error's position but not the
 // offending value, which could be a token.
-func redactJSONError(err error) error {
+func redactJSONError(data []byte, decoded int64, err error) error {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		return fmt.Errorf("invalid JSON at byte %d", se.Offset)
+		return fmt.Errorf("invalid JSON at %s", position(data, se.Offset-1))
 	case errors.As(err, &te):
-		return fmt.Errorf("field %q must be %s, at byte %d", te.Field, te.Type, te.Offset)
+		return fmt.Errorf("field %q must be %s, at %s", te.Field, te.Type, position(data, te.Offset-1))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("the JSON ends early, at %s", position(data, int64(len(data))))
 	}
 	if strings.HasPrefix(err.Error(), "json: unknown field ") {
-		return err
+		return fmt.Errorf("%s, before %s", strings.TrimPrefix(err.Error(), "json: "), position(data, decoded))
 	}
 	return errors.New("invalid JSON")
+}
+
+// position turns the index of a byte into "line L, column C" (both from
+// 1, columns in bytes), what an editor shows.
+func position(data []byte, i int64) string {
+	i = min(max(i, 0), int64(len(data)))
+	before := data[:i]
+	line := bytes.Count(before, []byte("\n")) + 1
+	col := len(before) - (bytes.LastIndexByte(before, '\n') + 1) + 1
+	return fmt.Sprintf("line %d, column %d", line, col)
 }
 
 func isBcrypt(s string) bool {

@@ -278,3 +278,22 @@ func TestRevokedTokenStreamEndsWithReason(t *testing.T) {
 		}
 	}
 }
+
+func TestOriginRefusalNamesTheFlag(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	req, _ := http.NewRequest("OPTIONS", g.URL+"/v1/publish/x", nil)
+	req.Header.Set("Origin", "https://elsewhere.test")
+	req.Header.Set("Access-Control-Request-Method", "POST")
+	resp, err := g.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	wantProblem(t, resp, body, 403, "--allowed-origins")
+	_, wsResp, err := g.tryDialWS(adminToken, "Origin", "https://elsewhere.test")
+	if err == nil || wsResp.StatusCode != 403 {
+		t.Fatalf("WebSocket from another origin: %v %v", err, wsResp)
+	}
+}

@@ -67,6 +67,8 @@ func TestAuthenticationErrors(t *testing.T) {
 	}{
 		{"missing", "/v1/publish/x", "", 401, `Bearer realm="natsgate"`, "Authorization: Bearer"},
 		{"basic", "/v1/publish/x", "Basic YWRtaW46cGFzcw==", 401, `Bearer realm="natsgate"`, "Bearer scheme"},
+		// A bare token ("Authorization: <token>") is accepted since version 2
+		// (TestBareAuthorizationIsAcceptedOnEveryRoute); another scheme is not.
 		{"other scheme", "/v1/publish/x", "Token " + adminToken, 401, `Bearer realm="natsgate"`, "Bearer scheme"},
 		{"empty bearer", "/v1/publish/x", "Bearer ", 401, `Bearer realm="natsgate"`, "Bearer"},
 		{"wrong", "/v1/publish/x", "Bearer wrong", 401, `Bearer realm="natsgate", error="invalid_token"`, "rejected"},

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -67,6 +68,13 @@ type Config struct {
 	// "https://app.example.com", matched with path.Match. Empty allows
 	// only the gateway's own origin.
 	AllowedOrigins []string
+	// TrustedProxies lists the reverse proxies (CIDRs) whose Forwarded,
+	// X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host headers are
+	// believed: they then give the client's address (for the failed
+	// authentication limit, the access log and sessions) and the scheme
+	// and host of the gateway's own origin. Empty believes no one: the
+	// headers are ignored.
+	TrustedProxies []netip.Prefix
 	// OpenAPI is the document served at /openapi.yaml.
 	OpenAPI []byte
 	// Assets holds the browser files: index.html (served at /), client.js,
@@ -179,7 +187,7 @@ func (s *Server) draining() bool {
 // addRoutes is the whole API, in the order of openapi.yaml.
 func (s *Server) addRoutes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors, s.answerHead)
+	r.Use(s.fromTrustedProxies, observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors, s.answerHead)
 	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)
 	// One flat router (no r.Route sub-router): each request is routed once.

@@ -171,7 +171,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 		}
 		uw := &upgradeWriter{ResponseWriter: w}
 		ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
-			OriginPatterns:  s.cfg.AllowedOrigins,
+			OriginPatterns:  s.originPatterns(r),
 			CompressionMode: websocket.CompressionDisabled,
 		})
 		if err != nil {

@@ -45,6 +45,9 @@ type config struct {
 	debugListen         string
 	logFormat           string
 	logLevel            string
+	tlsCert             string
+	tlsKey              string
+	trustedProxies      string
 	version             bool
 
 	set map[string]bool // flags given on the command line or in the environment
@@ -103,6 +106,9 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&c.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (e.g. 127.0.0.1:6060); off when empty. Never expose it publicly")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate (chain); needs --tls-key; reloaded on SIGHUP")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs (or IPs) of reverse proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host headers are believed, for the client address (auth-failure limit, logs) and the same-origin check; everyone else's are ignored")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

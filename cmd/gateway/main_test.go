@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -45,6 +46,9 @@ func start(t *testing.T, env map[string]string, args ...string) *started {
 	for {
 		if addr, ok := gatewayproc.ListenAddr(s.stderr.String()); ok {
 			s.base = "http://" + addr
+			if slices.Contains(args, "--tls-cert") {
+				s.base = "https://" + addr
+			}
 			break
 		}
 		select {
@@ -96,13 +100,20 @@ func post(t *testing.T, url, token, body string) int {
 
 func TestRunEndToEndWithGeneratedToken(t *testing.T) {
 	s := start(t, nil)
-	m := regexp.MustCompile(`Bearer ([A-Za-z0-9_-]{20,})'`).FindStringSubmatch(s.stdout.String())
+	m := regexp.MustCompile(`(?m)^    export TOKEN=([A-Za-z0-9_-]{20,})$`).FindStringSubmatch(s.stdout.String())
 	if m == nil {
-		t.Fatalf("no generated token with a curl line on stdout:\n%s", s.stdout)
+		t.Fatalf("no generated token to paste (export TOKEN=…) on stdout:\n%s", s.stdout)
 	}
 	token := m[1]
-	if !strings.Contains(s.stdout.String(), "curl -H 'Authorization: Bearer "+token+"' -d 'hello' "+s.base+"/v1/publish/demo") {
-		t.Fatalf("no ready curl publish line:\n%s", s.stdout)
+	for _, want := range []string{
+		`curl -N -H "Authorization: Bearer $TOKEN" '` + s.base + `/v1/subscribe/demo.>'`,
+		`curl -i -H "Authorization: Bearer $TOKEN" -d 'hello' ` + s.base + "/v1/publish/demo.greeting",
+		"console:      " + s.base + "/",
+		"native NATS:  " + s.natsURL,
+	} {
+		if !strings.Contains(s.stdout.String(), want) {
+			t.Fatalf("the banner lacks %q:\n%s", want, s.stdout)
+		}
 	}
 
 	// A curl-style SSE subscriber and a native NATS subscriber both see
