@@ -72,6 +72,9 @@ type Conn struct {
 	jsOnce sync.Once
 	jsh    jetstream.JetStream // see js
 
+	kvmu sync.Mutex
+	kvs  map[string]jetstream.KeyValue // bucket handles, see kvCall
+
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject
 	byNATS map[*nats.Subscription]*sharedSub // every subscription, for slow-consumer reports
