@@ -24,6 +24,7 @@ type Metrics struct {
 	dropped       *prometheus.CounterVec
 	slowClosed    *prometheus.CounterVec
 	authFailures  *prometheus.CounterVec
+	kvOps         *prometheus.CounterVec
 
 	// series caches request series by reqKey. Keys are bounded: routes
 	// are the router's patterns (or "unmatched"), methods and statuses
@@ -63,9 +64,12 @@ func newMetrics(b Broker) *Metrics {
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "natsgate_auth_failures_total", Help: "Failed authentications by reason.",
 		}, []string{"reason"}),
+		kvOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_kv_operations_total", Help: "Key-value operations by kind (get, put, update, create, delete, purge, keys, bucket_*) and HTTP status.",
+		}, []string{"op", "status"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
-		m.slowClosed, m.authFailures,
+		m.slowClosed, m.authFailures, m.kvOps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",
