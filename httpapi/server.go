@@ -187,7 +187,7 @@ func (s *Server) addRoutes() chi.Router {
 	v1.Post("/v1/publish/{subject}", s.handlePublish())
 	v1.Post("/v1/publish", s.handlePublishBatch())
 	v1.Post("/v1/request/{subject}", s.handleRequest())
-	v1.Get("/v1/subscribe/{subject}", s.handleSubscribe())
+	v1.Get("/v1/subscribe/{subject}", s.handleSubscribe(formatByAccept))
 	v1.Get("/v1/ws", s.handleWS())
 	// Key-value buckets; a key is the rest of the path (keys may hold '/').
 	v1.Get("/v1/kv/{bucket}/*", s.handleKVGet())
@@ -199,6 +199,10 @@ func (s *Server) addRoutes() chi.Router {
 	v1.Get("/v1/kvm/buckets/{bucket}", s.handleKVBucketInfo())
 	v1.Delete("/v1/kvm/buckets/{bucket}", s.handleKVBucketDelete())
 	v1.Get("/v1/kvm/buckets/{bucket}/keys", s.handleKVKeys())
+	// Synadia-compatible core routes.
+	v1.Put("/v1/nats/subjects/{subject}", s.handlePublish())
+	v1.Post("/v1/nats/subjects/{subject}", s.handleNATSRequest())
+	v1.Get("/v1/nats/subjects/{subject}", s.handleSubscribe(natsSubjectsStream))
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", s.handleReadyz())
 	r.Get("/metrics", s.metrics.handler().ServeHTTP)
