@@ -8,7 +8,8 @@
 //  2. NDJSON batch publish messages/s ÷ nats.go publish + Flush in batches;
 //  3. WebSocket fan-out messages/s ÷ nats-server's own WebSocket listener;
 //  4. publish→subscriber latency (HTTP in, WebSocket out) − direct NATS;
-//  5. RSS per idle authenticated WebSocket session.
+//  5. RSS per idle authenticated WebSocket session;
+//  6. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put.
 //
 // The machine is noisy, so every ratio's two sides are measured in
 // alternating slices of the same run. See BENCHMARKS.md.
@@ -53,7 +54,7 @@ type options struct {
 	verbose      bool
 }
 
-var allRows = []string{"publish", "batch", "fanout", "latency", "rss"}
+var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "kv"}
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
@@ -61,8 +62,8 @@ func parseOptions(args []string) (*options, error) {
 	fs.DurationVar(&o.duration, "duration", 8*time.Second, "measured time per side (gateway and baseline) of the publish, batch and fan-out rows")
 	fs.IntVar(&o.slices, "slices", 8, "the two sides of a throughput row alternate this many times each")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up per side before a throughput row")
-	fs.IntVar(&o.conns, "conns", 64, "publish row: keep-alive connections, one closed-loop worker each")
-	fs.IntVar(&o.body, "body", 16, "publish row: request body bytes")
+	fs.IntVar(&o.conns, "conns", 64, "publish and kv rows: keep-alive connections, one closed-loop worker each")
+	fs.IntVar(&o.body, "body", 16, "publish and kv rows: request body (value) bytes")
 	fs.IntVar(&o.batch, "batch", 1000, "batch row: entries per POST /v1/publish (and messages per nats.go Flush)")
 	fs.IntVar(&o.entryBytes, "entry-bytes", 16, "batch row: payload bytes per entry")
 	fs.IntVar(&o.batchClients, "batch-clients", 4, "batch row: concurrent clients on each side")
