@@ -74,6 +74,9 @@ type Conn struct {
 	jsAvail jsProbe             // see jetStreamAvailable
 	acks    ackRouter           // stored publishes awaiting their stream's acknowledgement
 
+	kvmu sync.Mutex
+	kvs  map[string]jetstream.KeyValue // bucket handles, see kvCall
+
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject
 	byNATS map[*nats.Subscription]*sharedSub // every subscription, for slow-consumer reports

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"testing/fstest"
@@ -48,8 +49,8 @@ func TestHeadIsAnsweredWhereverANonStreamingGetIs(t *testing.T) {
 		}
 		head.Body.Close()
 		if streamingGETs[route] {
-			if head.StatusCode != 405 || head.Header.Get("Allow") != "GET" {
-				t.Errorf("HEAD %s (a stream): %d Allow %q, want 405 Allow GET", path, head.StatusCode, head.Header.Get("Allow"))
+			if allow := head.Header.Get("Allow"); head.StatusCode != 405 || !slices.Contains(strings.Split(allow, ", "), "GET") || strings.Contains(allow, "HEAD") {
+				t.Errorf("HEAD %s (a stream): %d Allow %q, want 405 with GET but not HEAD allowed", path, head.StatusCode, allow)
 			}
 			return nil
 		}

@@ -26,6 +26,7 @@ type Metrics struct {
 	authFailures  *prometheus.CounterVec
 	stored        *prometheus.CounterVec
 	streamOps     *prometheus.CounterVec
+	kvOps         *prometheus.CounterVec
 
 	// series caches request series by reqKey. Keys are bounded: routes
 	// are the router's patterns (or "unmatched"), methods and statuses
@@ -73,9 +74,12 @@ func newMetrics(b Broker) *Metrics {
 			Name: "natsgate_stream_operations_total",
 			Help: "Stream management operations (op: put, get, list, delete) by status.",
 		}, []string{"op", "status"}),
+		kvOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_kv_operations_total", Help: "Key-value operations by kind (get, put, update, create, delete, purge, keys, bucket_*) and HTTP status.",
+		}, []string{"op", "status"}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
-		m.slowClosed, m.authFailures, m.stored, m.streamOps,
+		m.slowClosed, m.authFailures, m.stored, m.streamOps, m.kvOps,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",

@@ -10,6 +10,7 @@
 //  4. publish→subscriber latency (HTTP in, WebSocket out) − direct NATS;
 //  5. RSS per idle authenticated WebSocket session;
 //  6. stored publish (/v1/js/publish) req/s ÷ nats.go's jetstream Publish.
+//  7. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put.
 //
 // The machine is noisy, so every ratio's two sides are measured in
 // alternating slices of the same run. See BENCHMARKS.md.
@@ -54,7 +55,7 @@ type options struct {
 	verbose      bool
 }
 
-var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish"}
+var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "kv"}
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
@@ -62,8 +63,8 @@ func parseOptions(args []string) (*options, error) {
 	fs.DurationVar(&o.duration, "duration", 8*time.Second, "measured time per side (gateway and baseline) of the publish, batch and fan-out rows")
 	fs.IntVar(&o.slices, "slices", 8, "the two sides of a throughput row alternate this many times each")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up per side before a throughput row")
-	fs.IntVar(&o.conns, "conns", 64, "publish and jspublish rows: keep-alive connections, one closed-loop worker each (jspublish: as many nats.go goroutines)")
-	fs.IntVar(&o.body, "body", 16, "publish and jspublish rows: request body bytes")
+	fs.IntVar(&o.conns, "conns", 64, "publish, jspublish and kv rows: keep-alive connections, one closed-loop worker each (jspublish, kv: as many nats.go goroutines)")
+	fs.IntVar(&o.body, "body", 16, "publish, jspublish and kv rows: request body (value) bytes")
 	fs.IntVar(&o.batch, "batch", 1000, "batch row: entries per POST /v1/publish (and messages per nats.go Flush)")
 	fs.IntVar(&o.entryBytes, "entry-bytes", 16, "batch row: payload bytes per entry")
 	fs.IntVar(&o.batchClients, "batch-clients", 4, "batch row: concurrent clients on each side")

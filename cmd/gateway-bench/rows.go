@@ -47,6 +47,8 @@ func rowTitle(name string, o *options) string {
 		return fmt.Sprintf("Publish→subscriber latency, %s samples, one at a time", fmtInt(float64(o.samples)))
 	case "rss":
 		return fmt.Sprintf("Gateway RSS per idle authenticated WebSocket session, at %s", fmtInt(float64(o.sessions)))
+	case "kv":
+		return fmt.Sprintf("Key-value GET and PUT over HTTP, %d keep-alive conns, %d B values", o.conns, o.body)
 	}
 	return name
 }
@@ -67,6 +69,8 @@ func (b *bench) runRow(ctx context.Context, name string) (row, error) {
 		err = b.rowLatency(ctx, &r)
 	case "rss":
 		err = b.rowRSS(ctx, &r)
+	case "kv":
+		err = b.rowKV(ctx, &r)
 	}
 	return r, err
 }
