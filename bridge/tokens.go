@@ -2,12 +2,15 @@ package bridge
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -17,15 +20,37 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// TokenKey identifies a token without holding it: its SHA-256. The pool,
-// the authenticator and the logs key tokens by it.
+// TokenKey identifies a token without holding it: its SHA-256. The pool
+// and the authenticator key tokens by it; it stays in memory. Logs show
+// its String, a keyed fingerprint, never the key itself.
 type TokenKey [sha256.Size]byte
 
 // KeyOf returns the key of a token.
 func KeyOf(token string) TokenKey { return sha256.Sum256([]byte(token)) }
 
-// String returns a short fingerprint, safe to log.
-func (k TokenKey) String() string { return "sha256:" + hex.EncodeToString(k[:6]) }
+// fingerprintKey keys token fingerprints. It is drawn at random when the
+// process starts and never leaves it, so a fingerprint in a log line
+// cannot be checked against guessed tokens offline, as an unsalted hash
+// could.
+var fingerprintKey = func() []byte {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand crashes the program instead)
+	return b
+}()
+
+// String returns the token's fingerprint, safe to log: "fp:" and 12 hex
+// digits (48 bits) of HMAC-SHA256(fingerprintKey, key). It tells one
+// token's log lines from another's within one run of the process; it
+// changes when the process restarts.
+func (k TokenKey) String() string {
+	m := hmac.New(sha256.New, fingerprintKey)
+	m.Write(k[:])
+	return "fp:" + hex.EncodeToString(m.Sum(nil)[:6])
+}
+
+// LogValue logs a key as its fingerprint: slog's JSON handler would
+// otherwise write out all 32 bytes of the unsalted SHA-256.
+func (k TokenKey) LogValue() slog.Value { return slog.StringValue(k.String()) }
 
 // Token is one entry of a tokens file: a named token with the NATS
 // permissions the embedded server enforces for it.
