@@ -55,6 +55,10 @@ type Config struct {
 	// MaxBatchEntries bounds the entries of a batch publish. Zero means
 	// 10000.
 	MaxBatchEntries int
+	// MaxStreamsPerToken bounds the open SSE and NDJSON subscription
+	// streams of one token; one more is refused with 429. Zero means
+	// 10000.
+	MaxStreamsPerToken int
 	// AuthFailureLimit is how many failed authentications an address may
 	// have per AuthFailureWindow before it gets 429. Zero means 20;
 	// negative disables the limit.
@@ -100,6 +104,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBatchEntries <= 0 {
 		c.MaxBatchEntries = 10000
 	}
+	if c.MaxStreamsPerToken <= 0 {
+		c.MaxStreamsPerToken = 10000
+	}
 	if c.AuthFailureLimit == 0 {
 		c.AuthFailureLimit = 20
 	}
@@ -117,7 +124,8 @@ type Server struct {
 	wsDropped, wsOut prometheus.Counter
 	failures         *failureLimiter
 	router           chi.Router
-	sessions         *sessionCounter
+	sessions         *sessionCounter // WebSocket sessions per token
+	streams          *sessionCounter // SSE and NDJSON streams per token
 
 	closing   chan struct{} // closed by Shutdown
 	closeOnce sync.Once
@@ -136,7 +144,8 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 		cfg:      cfg,
 		metrics:  newMetrics(broker),
 		failures: newFailureLimiter(cfg.AuthFailureLimit, cfg.AuthFailureWindow),
-		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken),
+		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken, "WebSocket sessions"),
+		streams:  newSessionCounter(cfg.MaxStreamsPerToken, "subscription streams (SSE or NDJSON)"),
 		closing:  make(chan struct{}),
 		live:     make(map[*session]struct{}),
 	}

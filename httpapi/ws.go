@@ -114,22 +114,24 @@ func validID(s string) bool {
 	return true
 }
 
-// sessionCounter bounds the open sessions of each token.
+// sessionCounter bounds the open sessions (or streams) of each token.
 type sessionCounter struct {
-	max int
-	mu  sync.Mutex
-	n   map[bridge.TokenKey]int
+	max  int
+	what string // "WebSocket sessions", for the error
+	mu   sync.Mutex
+	n    map[bridge.TokenKey]int
 }
 
-func newSessionCounter(max int) *sessionCounter {
-	return &sessionCounter{max: max, n: make(map[bridge.TokenKey]int)}
+func newSessionCounter(max int, what string) *sessionCounter {
+	return &sessionCounter{max: max, what: what, n: make(map[bridge.TokenKey]int)}
 }
 
+// add counts one more for k, or refuses with errTooMany at the bound.
 func (s *sessionCounter) add(k bridge.TokenKey) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.n[k] >= s.max {
-		return fmt.Errorf("%w: this token already has %d open WebSocket sessions", errTooMany, s.max)
+		return fmt.Errorf("%w: this token already has %d open %s; close one first", errTooMany, s.max, s.what)
 	}
 	s.n[k]++
 	return nil

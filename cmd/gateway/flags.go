@@ -36,6 +36,7 @@ type config struct {
 	maxFrameBytes       int64
 	maxSubscriptions    int
 	maxSessions         int
+	maxStreams          int
 	maxInflight         int
 	shutdownTimeout     time.Duration
 	debugListen         string
@@ -82,6 +83,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.Int64Var(&c.maxFrameBytes, "ws-max-frame-bytes", 0, "largest WebSocket frame from a client (0: room for a max_payload message in base64)")
 	fs.IntVar(&c.maxSubscriptions, "ws-max-subscriptions", 1000, "subscriptions per WebSocket session")
 	fs.IntVar(&c.maxSessions, "ws-max-sessions-per-token", 10000, "open WebSocket sessions per token")
+	fs.IntVar(&c.maxStreams, "max-streams-per-token", 10000, "open SSE and NDJSON subscription streams per token; one more is refused with 429")
 	fs.IntVar(&c.maxInflight, "ws-max-inflight", 256, "requests and acknowledged publishes in flight per WebSocket session")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
 	fs.StringVar(&c.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (e.g. 127.0.0.1:6060); off when empty. Never expose it publicly")

@@ -104,6 +104,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		AllowedOrigins:    splitList(cfg.allowedOrigins),
 		OpenAPI:           natsgate.OpenAPI,
 		Assets:            web.Assets,
+		// Subscription streams per token, as WS bounds sessions per token.
+		MaxStreamsPerToken: cfg.maxStreams,
 		WS: httpapi.WSConfig{
 			ConnectTimeout:      cfg.connectFrameTimeout,
 			MaxFrameBytes:       cfg.maxFrameBytes,
