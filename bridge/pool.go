@@ -129,15 +129,9 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		return nil, fmt.Errorf("%w: no token", ErrUnauthorized)
 	}
 	key := KeyOf(token)
-	// The common case: the token's connection exists. A read lock lets
-	// concurrent requests of any token through together.
-	p.mu.RLock()
-	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
-		c.refs.Add(1)
-		p.mu.RUnlock()
+	if c := p.acquireHeld(key); c != nil {
 		return c, nil
 	}
-	p.mu.RUnlock()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -198,6 +192,31 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		p.cfg.Logger.Debug("nats connected", "token", c.name, "server", nc.ConnectedUrlRedacted())
 		return c, nil
 	}
+}
+
+// AcquireHeld is Acquire for a token whose connection the pool already
+// holds, ready: it returns that connection with one more reference, or
+// nil, and never connects. A held connection is one NATS accepted (a
+// token removed by a reload is forgotten), so the edge need not rate-limit
+// it.
+func (p *Pool) AcquireHeld(token string) *Conn {
+	if token == "" {
+		return nil
+	}
+	return p.acquireHeld(KeyOf(token))
+}
+
+// acquireHeld is the common case of Acquire: the token's connection
+// exists. A read lock lets concurrent requests of any token through
+// together.
+func (p *Pool) acquireHeld(key TokenKey) *Conn {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
+		c.refs.Add(1)
+		return c
+	}
+	return nil
 }
 
 func (p *Pool) tokenName(key TokenKey) string {

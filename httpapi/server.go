@@ -20,6 +20,9 @@ type Broker interface {
 	// Acquire returns the token's shared connection, with a reference the
 	// caller releases.
 	Acquire(ctx context.Context, token string) (*bridge.Conn, error)
+	// AcquireHeld is Acquire for a token whose connection is already
+	// held and ready, and nil for any other: it never asks NATS.
+	AcquireHeld(token string) *bridge.Conn
 	// Ready reports whether NATS is usable.
 	Ready(ctx context.Context) error
 	// Stats reports the connections held.
@@ -59,9 +62,11 @@ type Config struct {
 	// streams of one token; one more is refused with 429. Zero means
 	// 10000.
 	MaxStreamsPerToken int
-	// AuthFailureLimit is how many failed authentications an address may
-	// have per AuthFailureWindow before it gets 429. Zero means 20;
-	// negative disables the limit.
+	// AuthFailureLimit is how many failed authentications, attempts in
+	// flight included, a client (an IPv4 address or an IPv6 /64) may have
+	// per AuthFailureWindow before it gets 429. A token whose connection
+	// the broker already holds is not refused. Zero means 20; negative
+	// disables the limit.
 	AuthFailureLimit int
 	// AuthFailureWindow: see AuthFailureLimit. Zero means 1 minute.
 	AuthFailureWindow time.Duration
