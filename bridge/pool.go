@@ -172,6 +172,20 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 
 		nc, err := p.dial(ctx, token, c)
 		p.mu.Lock()
+		if c.revoked.Load() {
+			// A tokens-file reload removed or changed this token while it
+			// was connecting (Forget): whatever the server decided then,
+			// start over, to be judged by the new tokens.
+			delete(p.conns, key)
+			c.removed = true
+			close(c.dialed) // waiters start over too (dialErr is nil)
+			c.nc = nc
+			p.mu.Unlock()
+			if nc != nil {
+				nc.Close()
+			}
+			continue
+		}
 		if err != nil {
 			delete(p.conns, key)
 			if errors.Is(err, ErrUnauthorized) {
@@ -332,11 +346,18 @@ func (p *Pool) onClosed(c *Conn) {
 
 // Forget closes the connections of the given tokens (after a tokens-file
 // reload removed or changed them); their users see the connection close.
+// A connection still being made is marked, and Acquire then connects
+// afresh, under the new tokens, instead of handing it out.
 func (p *Pool) Forget(keys ...TokenKey) {
 	p.mu.Lock()
 	var victims []*Conn
 	for _, k := range keys {
-		if c := p.conns[k]; c != nil && c.ready.Load() {
+		c := p.conns[k]
+		switch {
+		case c == nil:
+		case !c.ready.Load():
+			c.revoked.Store(true)
+		default:
 			delete(p.conns, k)
 			c.removed = true
 			c.revoked.Store(true)
