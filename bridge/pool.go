@@ -134,15 +134,9 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		return nil, fmt.Errorf("%w: no token", ErrUnauthorized)
 	}
 	key := KeyOf(token)
-	// The common case: the token's connection exists. A read lock lets
-	// concurrent requests of any token through together.
-	p.mu.RLock()
-	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
-		c.refs.Add(1)
-		p.mu.RUnlock()
+	if c := p.acquireHeld(key); c != nil {
 		return c, nil
 	}
-	p.mu.RUnlock()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -183,6 +177,20 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 
 		nc, err := p.dial(ctx, token, c)
 		p.mu.Lock()
+		if c.revoked.Load() {
+			// A tokens-file reload removed or changed this token while it
+			// was connecting (Forget): whatever the server decided then,
+			// start over, to be judged by the new tokens.
+			delete(p.conns, key)
+			c.removed = true
+			close(c.dialed) // waiters start over too (dialErr is nil)
+			c.nc = nc
+			p.mu.Unlock()
+			if nc != nil {
+				nc.Close()
+			}
+			continue
+		}
 		if err != nil {
 			delete(p.conns, key)
 			if errors.Is(err, ErrUnauthorized) {
@@ -203,6 +211,31 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		p.cfg.Logger.Debug("nats connected", "token", c.name, "server", nc.ConnectedUrlRedacted())
 		return c, nil
 	}
+}
+
+// AcquireHeld is Acquire for a token whose connection the pool already
+// holds, ready: it returns that connection with one more reference, or
+// nil, and never connects. A held connection is one NATS accepted (a
+// token removed by a reload is forgotten), so the edge need not rate-limit
+// it.
+func (p *Pool) AcquireHeld(token string) *Conn {
+	if token == "" {
+		return nil
+	}
+	return p.acquireHeld(KeyOf(token))
+}
+
+// acquireHeld is the common case of Acquire: the token's connection
+// exists. A read lock lets concurrent requests of any token through
+// together.
+func (p *Pool) acquireHeld(key TokenKey) *Conn {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
+		c.refs.Add(1)
+		return c
+	}
+	return nil
 }
 
 func (p *Pool) tokenName(key TokenKey) string {
@@ -328,11 +361,18 @@ func (p *Pool) onClosed(c *Conn) {
 
 // Forget closes the connections of the given tokens (after a tokens-file
 // reload removed or changed them); their users see the connection close.
+// A connection still being made is marked, and Acquire then connects
+// afresh, under the new tokens, instead of handing it out.
 func (p *Pool) Forget(keys ...TokenKey) {
 	p.mu.Lock()
 	var victims []*Conn
 	for _, k := range keys {
-		if c := p.conns[k]; c != nil && c.ready.Load() {
+		c := p.conns[k]
+		switch {
+		case c == nil:
+		case !c.ready.Load():
+			c.revoked.Store(true)
+		default:
 			delete(p.conns, k)
 			c.removed = true
 			c.revoked.Store(true)

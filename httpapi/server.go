@@ -21,6 +21,9 @@ type Broker interface {
 	// Acquire returns the token's shared connection, with a reference the
 	// caller releases.
 	Acquire(ctx context.Context, token string) (*bridge.Conn, error)
+	// AcquireHeld is Acquire for a token whose connection is already
+	// held and ready, and nil for any other: it never asks NATS.
+	AcquireHeld(token string) *bridge.Conn
 	// Ready reports whether NATS is usable.
 	Ready(ctx context.Context) error
 	// Stats reports the connections held.
@@ -56,9 +59,15 @@ type Config struct {
 	// MaxBatchEntries bounds the entries of a batch publish. Zero means
 	// 10000.
 	MaxBatchEntries int
-	// AuthFailureLimit is how many failed authentications an address may
-	// have per AuthFailureWindow before it gets 429. Zero means 20;
-	// negative disables the limit.
+	// MaxStreamsPerToken bounds the open SSE and NDJSON subscription
+	// streams of one token; one more is refused with 429. Zero means
+	// 10000.
+	MaxStreamsPerToken int
+	// AuthFailureLimit is how many failed authentications, attempts in
+	// flight included, a client (an IPv4 address or an IPv6 /64) may have
+	// per AuthFailureWindow before it gets 429. A token whose connection
+	// the broker already holds is not refused. Zero means 20; negative
+	// disables the limit.
 	AuthFailureLimit int
 	// AuthFailureWindow: see AuthFailureLimit. Zero means 1 minute.
 	AuthFailureWindow time.Duration
@@ -108,6 +117,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBatchEntries <= 0 {
 		c.MaxBatchEntries = 10000
 	}
+	if c.MaxStreamsPerToken <= 0 {
+		c.MaxStreamsPerToken = 10000
+	}
 	if c.AuthFailureLimit == 0 {
 		c.AuthFailureLimit = 20
 	}
@@ -125,7 +137,8 @@ type Server struct {
 	wsDropped, wsOut prometheus.Counter
 	failures         *failureLimiter
 	router           chi.Router
-	sessions         *sessionCounter
+	sessions         *sessionCounter // WebSocket sessions per token
+	streams          *sessionCounter // SSE and NDJSON streams per token
 
 	closing   chan struct{} // closed by Shutdown
 	closeOnce sync.Once
@@ -144,7 +157,8 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 		cfg:      cfg,
 		metrics:  newMetrics(broker),
 		failures: newFailureLimiter(cfg.AuthFailureLimit, cfg.AuthFailureWindow),
-		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken),
+		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken, "WebSocket sessions"),
+		streams:  newSessionCounter(cfg.MaxStreamsPerToken, "subscription streams (SSE or NDJSON)"),
 		closing:  make(chan struct{}),
 		live:     make(map[*session]struct{}),
 	}

@@ -89,6 +89,7 @@ func formatByAccept(r *http.Request) streamFormat {
 // handleSubscribe handles "GET /v1/subscribe/{subject}": a subscription
 // streamed as Server-Sent Events or NDJSON (format chooses) until the
 // client leaves, the token's connection closes or the gateway shuts down.
+// A token with Config.MaxStreamsPerToken streams open gets 429.
 func (s *Server) handleSubscribe(format func(*http.Request) streamFormat) http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		tok, err := s.bearer(r)
@@ -112,6 +113,10 @@ func (s *Server) handleSubscribe(format func(*http.Request) streamFormat) http.H
 			return err
 		}
 		defer c.Release()
+		if err := s.streams.add(c.Key()); err != nil {
+			return err
+		}
+		defer s.streams.done(c.Key())
 		wake := make(chanWaker, 1)
 		box := newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues(f.name()), wake)
 		defer box.close()

@@ -40,6 +40,7 @@ type config struct {
 	maxFrameBytes       int64
 	maxSubscriptions    int
 	maxSessions         int
+	maxStreams          int
 	maxInflight         int
 	shutdownTimeout     time.Duration
 	debugListen         string
@@ -95,12 +96,13 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", 30*time.Second, "time allowed to send a request body")
 	fs.Int64Var(&c.maxBatchBytes, "max-batch-bytes", 16<<20, "largest batch publish body, in bytes")
-	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per client address per minute before 429 (negative: no limit)")
+	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per minute from one IPv4 address or IPv6 /64 (attempts in flight included) before 429; tokens already connected still pass (negative: no limit)")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "browser origins allowed besides the gateway's own, comma-separated host patterns (CORS and WebSocket)")
 	fs.DurationVar(&c.connectFrameTimeout, "ws-connect-timeout", 5*time.Second, "time a WebSocket client without an Authorization header has to send its connect frame")
 	fs.Int64Var(&c.maxFrameBytes, "ws-max-frame-bytes", 0, "largest WebSocket frame from a client (0: room for a max_payload message in base64)")
 	fs.IntVar(&c.maxSubscriptions, "ws-max-subscriptions", 1000, "subscriptions per WebSocket session")
 	fs.IntVar(&c.maxSessions, "ws-max-sessions-per-token", 10000, "open WebSocket sessions per token")
+	fs.IntVar(&c.maxStreams, "max-streams-per-token", 10000, "open SSE and NDJSON subscription streams per token; one more is refused with 429")
 	fs.IntVar(&c.maxInflight, "ws-max-inflight", 256, "requests and acknowledged publishes in flight per WebSocket session")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
 	fs.StringVar(&c.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (e.g. 127.0.0.1:6060); off when empty. Never expose it publicly")

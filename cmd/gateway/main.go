@@ -150,6 +150,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		TrustedProxies:    proxies,
 		OpenAPI:           natsgate.OpenAPI,
 		Assets:            web.Assets,
+		// Subscription streams per token, as WS bounds sessions per token.
+		MaxStreamsPerToken: cfg.maxStreams,
 		WS: httpapi.WSConfig{
 			ConnectTimeout:      cfg.connectFrameTimeout,
 			MaxFrameBytes:       cfg.maxFrameBytes,
