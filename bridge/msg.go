@@ -3,7 +3,9 @@ package bridge
 import (
 	"encoding/base64"
 	"slices"
+	"strconv"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
@@ -16,6 +18,13 @@ type Msg struct {
 	Reply   string
 	Header  map[string][]string
 	Data    []byte
+
+	// Stream, Seq and Time are set on messages of a JetStream
+	// subscription: the stream that stored the message, its stream
+	// sequence and when it was stored. Core messages have Seq 0.
+	Stream string
+	Seq    uint64
+	Time   time.Time
 
 	once sync.Once
 	obj  []byte
@@ -61,7 +70,8 @@ func (m *Msg) size() int {
 }
 
 // JSON returns the message object of the API contract,
-// {"subject":…,"reply":…,"headers":{…},"data"|"data_base64":…}, encoded once
+// {"subject":…,"reply":…,"headers":{…},"data"|"data_base64":…}, with
+// "stream", "seq" and "time" for JetStream messages, encoded once
 // and shared by every subscriber the message goes to. Header names are
 // sorted so the encoding is deterministic.
 func (m *Msg) JSON() []byte {
@@ -108,8 +118,29 @@ func (m *Msg) appendFields(b []byte) []byte {
 		b = base64.StdEncoding.AppendEncode(b, m.Data)
 		b = append(b, '"')
 	}
+	if m.Seq != 0 {
+		b = m.appendStreamFields(b)
+	}
 	return append(b, '}')
 }
+
+// timeLayout is RFC 3339 with nanoseconds, all nine digits always.
+const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// appendStreamFields appends a JetStream message's stream, seq and time.
+func (m *Msg) appendStreamFields(b []byte) []byte {
+	b = append(b, `,"stream":`...)
+	b = appendJSONString(b, m.Stream)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, m.Seq, 10)
+	b = append(b, `,"time":"`...)
+	b = m.Time.UTC().AppendFormat(b, timeLayout)
+	return append(b, '"')
+}
+
+// FormatTime formats t as message objects carry times: RFC 3339 in UTC
+// with nanoseconds.
+func FormatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
 
 // JSONFields returns JSON() without its opening brace, so a caller can
 // prefix fields of its own (the WebSocket "op" and "sid").
