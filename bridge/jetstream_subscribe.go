@@ -248,8 +248,12 @@ func (s *StreamSubscription) Next() (*Msg, error) {
 		if err != nil {
 			continue // not a stream message: nothing a subscriber can use
 		}
-		m := &Msg{Subject: jm.Subject(), Header: jm.Headers(), Data: jm.Data(),
-			Stream: md.Stream, Seq: md.Sequence.Stream, Time: md.Timestamp}
+		sm := &storedMsg{
+			Msg:    Msg{Subject: jm.Subject(), Header: jm.Headers(), Data: jm.Data()},
+			stored: Stored{Stream: md.Stream, Seq: md.Sequence.Stream, Time: md.Timestamp},
+		}
+		m := &sm.Msg
+		m.Stored = &sm.stored
 		if len(m.Header) == 0 {
 			m.Header = nil
 		}
@@ -294,6 +298,12 @@ func (s *StreamSubscription) deleteConsumer() error {
 		return err
 	}
 	return nil
+}
+
+// storedMsg allocates a stored message and its Stored at once.
+type storedMsg struct {
+	Msg
+	stored Stored
 }
 
 // discard is a sink for a subscription that only checks permission.

@@ -58,8 +58,8 @@ func nextSeqs(t testing.TB, sub *StreamSubscription, from uint64, n int) {
 		if err != nil {
 			t.Fatalf("Next: %v", err)
 		}
-		if want := from + uint64(i); m.Seq != want || string(m.Data) != fmt.Sprintf("m%d", want) {
-			t.Fatalf("got seq %d %q, want seq %d", m.Seq, m.Data, want)
+		if want := from + uint64(i); m.Seq() != want || string(m.Data) != fmt.Sprintf("m%d", want) {
+			t.Fatalf("got seq %d %q, want seq %d", m.Seq(), m.Data, want)
 		}
 	}
 }

@@ -19,16 +19,29 @@ type Msg struct {
 	Header  map[string][]string
 	Data    []byte
 
-	// Stream, Seq and Time are set on messages of a JetStream
-	// subscription: the stream that stored the message, its stream
-	// sequence and when it was stored. Core messages have Seq 0.
-	Stream string
-	Seq    uint64
-	Time   time.Time
+	// Stored is set on messages of a JetStream subscription (a pointer, so
+	// core messages stay as small as they were).
+	Stored *Stored
 
 	once sync.Once
 	obj  []byte
 	wire int // WireSize, for delivered messages
+}
+
+// Stored is where a stream keeps a message: the stream, the message's
+// stream sequence and when the stream stored it.
+type Stored struct {
+	Stream string
+	Seq    uint64
+	Time   time.Time
+}
+
+// Seq is the message's stream sequence, or 0 for a core message.
+func (m *Msg) Seq() uint64 {
+	if m.Stored == nil {
+		return 0
+	}
+	return m.Stored.Seq
 }
 
 func fromNATS(m *nats.Msg) *Msg {
@@ -118,8 +131,8 @@ func (m *Msg) appendFields(b []byte) []byte {
 		b = base64.StdEncoding.AppendEncode(b, m.Data)
 		b = append(b, '"')
 	}
-	if m.Seq != 0 {
-		b = m.appendStreamFields(b)
+	if m.Stored != nil {
+		b = m.Stored.appendFields(b)
 	}
 	return append(b, '}')
 }
@@ -127,14 +140,14 @@ func (m *Msg) appendFields(b []byte) []byte {
 // timeLayout is RFC 3339 with nanoseconds, all nine digits always.
 const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
 
-// appendStreamFields appends a JetStream message's stream, seq and time.
-func (m *Msg) appendStreamFields(b []byte) []byte {
+// appendFields appends a stored message's stream, seq and time fields.
+func (st *Stored) appendFields(b []byte) []byte {
 	b = append(b, `,"stream":`...)
-	b = appendJSONString(b, m.Stream)
+	b = appendJSONString(b, st.Stream)
 	b = append(b, `,"seq":`...)
-	b = strconv.AppendUint(b, m.Seq, 10)
+	b = strconv.AppendUint(b, st.Seq, 10)
 	b = append(b, `,"time":"`...)
-	b = m.Time.UTC().AppendFormat(b, timeLayout)
+	b = st.Time.UTC().AppendFormat(b, timeLayout)
 	return append(b, '"')
 }
 

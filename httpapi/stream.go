@@ -49,8 +49,8 @@ type sseFormat struct{}
 func (sseFormat) contentType() string { return "text/event-stream" }
 func (sseFormat) name() string        { return "sse" }
 func (sseFormat) appendMsg(b []byte, m *bridge.Msg) []byte {
-	if m.Seq != 0 { // a JetStream message: its seq is the event's id, for Last-Event-ID
-		b = strconv.AppendUint(append(b, "id: "...), m.Seq, 10)
+	if m.Stored != nil { // a JetStream message: its seq is the event's id, for Last-Event-ID
+		b = strconv.AppendUint(append(b, "id: "...), m.Stored.Seq, 10)
 		b = append(b, '\n')
 	}
 	b = append(b, "data: "...)
