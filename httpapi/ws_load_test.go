@@ -141,6 +141,10 @@ func TestFloodToAStalledClientStaysBounded(t *testing.T) {
 		o.cfg.QueueBytes = 1 << 20
 		o.cfg.SlowConsumerGrace = time.Hour // keep the stalled client to inspect it
 		o.cfg.WriteTimeout = time.Minute
+		// A client that reads nothing answers no pings either: on a slow
+		// machine the flood outlasts a keep-alive interval, and the
+		// gateway would close it as dead before it reads again.
+		o.cfg.KeepAlive = time.Hour
 	})
 	c := g.rawSession(t)
 	defer c.CloseNow()
