@@ -342,22 +342,16 @@ func (c *Conn) flush() error {
 	if err := c.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("%w: NATS did not confirm: %v", ErrUnavailable, err)
 	}
-	// -ERR lines the server sent before its PONG were parsed before the
-	// flush returned, but reach our error handler on nats.go's callback
-	// goroutine; wait until it has seen the last one.
-	if last := c.nc.LastError(); last != nil && errors.Is(last, nats.ErrPermissionViolation) {
-		if !c.perms.waitSeen(ctx, last) {
-			return fmt.Errorf("%w: NATS permission errors were not processed in time", ErrUnavailable)
-		}
-	}
+	// Every -ERR the server sent before its PONG was recorded by the
+	// connection's errTap before nats.go parsed the PONG.
 	return nil
 }
 
-// onAsyncError is the connection's nats.ErrorHandler.
+// onAsyncError is the connection's nats.ErrorHandler. Permission
+// violations were already recorded by the errTap.
 func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 	switch {
 	case errors.Is(err, nats.ErrPermissionViolation):
-		c.perms.record(err, c.muxSubject())
 	case errors.Is(err, nats.ErrSlowConsumer):
 		if sub == nil {
 			return

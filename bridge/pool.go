@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,10 @@ type Config struct {
 	PendingBytes int
 	// Logger receives connection events. Nil discards them.
 	Logger *slog.Logger
+
+	// tlsConfig verifies external servers' certificates; nil means the
+	// system's roots. Tests set it.
+	tlsConfig *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -190,6 +195,7 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, err
 		}
 		c.nc = nc
+		c.perms.setMux(c.muxSubject())
 		c.name = p.tokenName(key) // known once the server has checked the token
 		c.refs.Store(1)
 		c.ready.Store(true)
@@ -236,15 +242,20 @@ func (p *Pool) dial(ctx context.Context, token string, c *Conn) (*nats.Conn, err
 		nats.ReconnectHandler(func(*nats.Conn) { c.notify(Reconnected) }),
 		nats.ClosedHandler(func(*nats.Conn) { p.onClosed(c) }),
 	}
-	var (
-		nc  *nats.Conn
-		err error
-	)
+	// Every connection's reads pass through an errTap, which records the
+	// permission violations the server reports (see errTap).
+	servers := ""
 	if p.cfg.Server != nil {
-		nc, err = nats.Connect("", append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn}))...)
+		opts = append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn, perms: &c.perms}))
 	} else {
-		nc, err = nats.Connect(p.cfg.URL, opts...)
+		d, err := newTapDialer(p.cfg.URL, p.cfg.ConnectTimeout, p.cfg.tlsConfig, &c.perms)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		servers = p.cfg.URL
+		opts = append(opts, nats.SetCustomDialer(d), nats.SkipHostLookup())
 	}
+	nc, err := nats.Connect(servers, opts...)
 	switch {
 	case err == nil:
 		return nc, nil

@@ -1,0 +1,365 @@
+package bridge
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// Tokens for the verdict tests: "limited" may not publish to or subscribe
+// on "secret"; "noisy" may do anything.
+const (
+	limitedToken = "limited-secret-token"
+	noisyToken   = "noisy-secret-token"
+)
+
+func verdictTokens() []Token {
+	return []Token{
+		{Name: "noisy", Token: noisyToken},
+		{Name: "limited", Token: limitedToken,
+			Publish:   &SubjectPermission{Deny: []string{"secret"}},
+			Subscribe: &SubjectPermission{Deny: []string{"secret"}}},
+	}
+}
+
+// floodBadHeaders connects a raw NATS client to addr and publishes, until
+// the test ends, HPUB messages on subject whose header block is not
+// "NATS/1.0": every copy delivered to a nats.go subscriber makes its read
+// loop set LastError to ErrBadHeaderMsg and queue an async error. It
+// returns once the server has accepted the first batch.
+func floodBadHeaders(t *testing.T, addr, token, subject string) (sent *atomic.Int64) {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("flood dial: %v", err)
+	}
+	r := bufio.NewReader(conn)
+	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO ") {
+		t.Fatalf("flood: no INFO: %q %v", line, err)
+	}
+	fmt.Fprintf(conn, "CONNECT {\"auth_token\":%q,\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\nPING\r\n", token)
+	if line, err := r.ReadString('\n'); err != nil || line != "PONG\r\n" {
+		t.Fatalf("flood: connect answered %q %v", line, err)
+	}
+	frame := fmt.Sprintf("HPUB %s 12 14\r\nXXXX/1.0\r\n\r\nhi\r\n", subject)
+	const perBatch = 32
+	batch := []byte(strings.Repeat(frame, perBatch))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { _, _ = r.WriteTo(discard{}) }) // PINGs, -ERRs: unread they would stall the server
+	sent = new(atomic.Int64)
+	first := make(chan struct{})
+	wg.Go(func() {
+		// A batch a millisecond (some 30,000 messages a second) keeps the
+		// read loop busy without starving the race-detected test.
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for i := 0; ; i++ {
+			if _, err := conn.Write(batch); err != nil {
+				return
+			}
+			sent.Add(perBatch)
+			if i == 0 {
+				close(first)
+			}
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	t.Cleanup(func() {
+		close(stop)
+		conn.Close()
+		wg.Wait()
+	})
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("flood: the server took no messages")
+	}
+	return sent
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// TestForbiddenPublishIsForbiddenWhileAnotherTenantFloodsBadHeaders: the
+// review's scenario. A token forbidden to publish on "secret" holds a
+// subscription on "noise" while another token floods "noise" with messages
+// whose header block nats.go cannot decode. Every forbidden publish, batch
+// entry, subscription and request must still be refused.
+func TestForbiddenPublishIsForbiddenWhileAnotherTenantFloodsBadHeaders(t *testing.T) {
+	t.Parallel()
+	for _, transport := range []string{"in-process", "tcp"} {
+		t.Run(transport, func(t *testing.T) {
+			e := startEmbedded(t, verdictTokens())
+			cfg := Config{Server: e}
+			if transport == "tcp" {
+				cfg = Config{URL: e.ClientURL()}
+			}
+			testVerdictsUnderBadHeaderFlood(t, e, cfg)
+		})
+	}
+}
+
+// testVerdictsUnderBadHeaderFlood checks every kind of verdict of a
+// "limited" connection made with cfg while "noisy" floods a subject it
+// subscribes to with malformed headers.
+func testVerdictsUnderBadHeaderFlood(t *testing.T, e *Embedded, cfg Config) {
+	p := newTestPool(t, cfg)
+	c := mustAcquire(t, p, limitedToken)
+	ctx := context.Background()
+	var got atomic.Int64
+	sub, err := c.Subscribe(ctx, "noise", "", sinkFunc(func(*Msg) { got.Add(1) }), 0)
+	if err != nil {
+		t.Fatalf("subscribe noise: %v", err)
+	}
+	defer sub.Close()
+	sent := floodBadHeaders(t, strings.TrimPrefix(e.ClientURL(), "nats://"), noisyToken, "noise")
+	deadline := time.Now().Add(5 * time.Second)
+	for got.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got.Load() == 0 {
+		t.Fatal("the flood never reached the gateway's subscription")
+	}
+
+	const workers, each = 8, 125
+	var wg sync.WaitGroup
+	var confirmed, other atomic.Int64
+	var otherErr atomic.Value
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				switch err := c.Publish(ctx, &Msg{Subject: "secret", Data: []byte("x")}, 0); {
+				case err == nil:
+					confirmed.Add(1)
+				case !errors.Is(err, ErrForbidden):
+					other.Add(1)
+					otherErr.Store(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d bad-header messages flooded, %d delivered to the gateway", sent.Load(), got.Load())
+	if n := confirmed.Load(); n > 0 {
+		t.Errorf("%d of %d publishes the server refused were confirmed", n, workers*each)
+	}
+	if n := other.Load(); n > 0 {
+		t.Errorf("%d of %d forbidden publishes failed otherwise, last: %v", n, workers*each, otherErr.Load())
+	}
+
+	var badBatch, subOK, reqWrong int
+	for range 50 {
+		errs := c.PublishBatch(ctx, []*Msg{{Subject: "open"}, {Subject: "secret"}, {Subject: "open"}}, 0)
+		if errs[0] != nil || !errors.Is(errs[1], ErrForbidden) || errs[2] != nil {
+			badBatch++
+			t.Logf("batch = %v, want [nil forbidden nil]", errs)
+		}
+	}
+	for range 100 {
+		if s, err := c.Subscribe(ctx, "secret", "", sinkFunc(func(*Msg) {}), 0); !errors.Is(err, ErrForbidden) {
+			if s != nil {
+				s.Close()
+			}
+			subOK++
+		}
+	}
+	for range 20 {
+		start := time.Now()
+		_, err := c.Request(ctx, &Msg{Subject: "secret"}, 3*time.Second, 0)
+		if d := time.Since(start); !errors.Is(err, ErrForbidden) || d > 2*time.Second {
+			reqWrong++
+			t.Logf("request = %v after %v, want ErrForbidden at once", err, d)
+		}
+	}
+	if badBatch+subOK+reqWrong > 0 {
+		t.Errorf("wrong verdicts: %d of 50 batches, %d of 100 forbidden subscriptions accepted, %d of 20 requests", badBatch, subOK, reqWrong)
+	}
+	// Allowed publishes are still confirmed.
+	if err := c.Publish(ctx, &Msg{Subject: "open"}, 0); err != nil {
+		t.Fatalf("allowed publish during the flood: %v", err)
+	}
+}
+
+func msgFrame(op, args, hdr, payload string) string {
+	if op == "HMSG" {
+		return fmt.Sprintf("HMSG %s %d %d\r\n%s%s\r\n", args, len(hdr), len(hdr)+len(payload), hdr, payload)
+	}
+	return fmt.Sprintf("%s %s %d\r\n%s\r\n", op, args, len(payload), payload)
+}
+
+// fakeDeny is what another tenant may put in a payload or a header.
+const fakeDeny = "-ERR 'Permissions Violation for Publish to \"open\"'\r\n"
+
+// realStream is what a server might send a gateway connection: INFO,
+// messages whose payloads and headers look like permission violations,
+// and real ones among them, which are realViolations.
+var (
+	realStream = "INFO {\"server_id\":\"x\",\"headers\":true,\"max_payload\":1048576}\r\n" +
+		msgFrame("MSG", "noise 1", "", fakeDeny) +
+		"-ERR 'Permissions Violation for Publish to \"secret\"'\r\n" +
+		msgFrame("HMSG", "noise 1 _INBOX.r", "NATS/1.0\r\nX: "+fakeDeny+"\r\n", "hi") +
+		"PING\r\n" +
+		msgFrame("HMSG", "noise 1", "XXXX/1.0\r\n\r\n", "\r\n"+fakeDeny) +
+		"-ERR 'Permissions Violation for Subscription to \"secret\" using queue \"q\"'\r\n" +
+		msgFrame("MSG", "noise 1", "", "") +
+		"+OK\r\n" +
+		"-ERR 'Unknown Protocol Operation'\r\n" +
+		msgFrame("msg", "noise\t1\treply", "", fakeDeny+fakeDeny) +
+		"-ERR\t'Permissions Violation for Publish with Reply of \"r\"'\r\n" +
+		"-ERR 'Permissions Violation for something new'\r\n" +
+		msgFrame("MSG", "noise 1", "", strings.Repeat(fakeDeny, 20)) +
+		"PONG\r\n"
+	realViolations = []violation{
+		{kind: denyPublish, subject: "secret"},
+		{kind: denySubscribe, subject: "secret", queue: "q"},
+		{kind: denyReply, subject: "r"},
+		{kind: denyUnknown, subject: "Permissions Violation for something new"},
+	}
+)
+
+func newTestLog() *permissionLog {
+	var l permissionLog
+	l.init()
+	return &l
+}
+
+// recorded lists what a permission log holds, oldest first.
+func (l *permissionLog) recorded() []violation {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var vs []violation
+	for s := uint64(1); s <= l.n; s++ {
+		vs = append(vs, l.ring[s%violationRing])
+	}
+	return vs
+}
+
+// tapChunks feeds chunks to a new tap and returns what it recorded.
+func tapChunks(t *testing.T, chunks ...[]byte) []violation {
+	t.Helper()
+	l := newTestLog()
+	tap := newErrTap(l)
+	for _, c := range chunks {
+		if err := tap.scan(c); err != nil {
+			t.Fatalf("scan: %v", err)
+		}
+	}
+	return l.recorded()
+}
+
+func TestErrTapRecordsExactlyTheServersViolationsHoweverTheStreamIsSplit(t *testing.T) {
+	t.Parallel()
+	want := fmt.Sprint(realViolations)
+	b := []byte(realStream)
+	if got := fmt.Sprint(tapChunks(t, b)); got != want {
+		t.Fatalf("whole stream: recorded %s, want %s", got, want)
+	}
+	for i := range b {
+		if got := fmt.Sprint(tapChunks(t, b[:i], b[i:])); got != want {
+			t.Fatalf("split at %d: recorded %s, want %s", i, got, want)
+		}
+	}
+	bytewise := make([][]byte, len(b))
+	for i := range b {
+		bytewise[i] = b[i : i+1]
+	}
+	if got := fmt.Sprint(tapChunks(t, bytewise...)); got != want {
+		t.Fatalf("byte by byte: recorded %s, want %s", got, want)
+	}
+}
+
+func TestErrTapRecordsAViolationBeforeHandingOverWhatFollows(t *testing.T) {
+	t.Parallel()
+	l := newTestLog()
+	server, client := net.Pipe()
+	defer server.Close()
+	c := &tapConn{Conn: client, tap: newErrTap(l)}
+	go func() {
+		_, _ = server.Write([]byte("-ERR 'Permissions Violation for Pub"))
+		_, _ = server.Write([]byte("lish to \"secret\"'\r\nPONG\r\n"))
+	}()
+	buf := make([]byte, 64)
+	var got []byte
+	for !bytes.Contains(got, []byte("PONG\r\n")) {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if v := l.recorded(); len(v) != 1 || v[0] != (violation{kind: denyPublish, subject: "secret"}) {
+		t.Fatalf("when the PONG was read the log held %v", v)
+	}
+	if string(got) != "-ERR 'Permissions Violation for Publish to \"secret\"'\r\nPONG\r\n" {
+		t.Fatalf("the tap changed the stream: %q", got)
+	}
+}
+
+func TestErrTapFailsAStreamItCannotFollow(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{
+		"\r\n",
+		"XYZ\r\n",
+		"MSG noise\r\n",
+		"MSG noise 1 a b c\r\nxx\r\n",
+		"MSG noise 1 -3\r\n",
+		"MSG noise 1 99999999999999999999\r\n",
+		"MSGX noise 1 3\r\nabc\r\n",
+		"HMSG noise 1 3\r\nabc\r\n",
+		"-ERROR\r\n",
+	} {
+		l := newTestLog()
+		tap := newErrTap(l)
+		if err := tap.scan([]byte(bad + "-ERR 'Permissions Violation for Publish to \"x\"'\r\n")); !errors.Is(err, errTapLost) {
+			t.Errorf("%q: scan = %v, want errTapLost", bad, err)
+		}
+		if err := tap.scan([]byte("PONG\r\n")); !errors.Is(err, errTapLost) {
+			t.Errorf("%q: the tap went on reading after it lost the stream", bad)
+		}
+	}
+}
+
+func TestErrTapBoundsWhatItKeepsOfALongLine(t *testing.T) {
+	t.Parallel()
+	l := newTestLog()
+	tap := newErrTap(l)
+	long := "INFO {\"x\":\"" + strings.Repeat("a", 1<<20) + "\"}\r\n"
+	subject := strings.Repeat("s", 2*maxTapLine)
+	msg := msgFrame("MSG", subject+" 1 "+subject, "", fakeDeny)
+	deny := "-ERR 'Permissions Violation for Publish to \"" + subject + "\"'\r\n"
+	for _, part := range []string{long, msg, deny, "PONG\r\n"} {
+		// In pieces, so that every line is kept across reads.
+		for b := []byte(part); len(b) > 0; {
+			n := min(len(b), 1000)
+			if err := tap.scan(b[:n]); err != nil {
+				t.Fatalf("scan: %v", err)
+			}
+			b = b[n:]
+		}
+	}
+	if cap(tap.line) > maxTapLine {
+		t.Fatalf("the tap keeps %d bytes of a line, bound %d", cap(tap.line), maxTapLine)
+	}
+	// The violation's subject was cut off: it is recorded as one the
+	// gateway cannot attribute, which refuses everything.
+	if v := l.recorded(); len(v) != 1 || v[0].kind != denyUnknown {
+		t.Fatalf("recorded %v, want one unattributable violation", v)
+	}
+	if err := l.publishDenied(0, "anything", ""); !errors.Is(err, ErrForbidden) {
+		t.Fatalf("publishDenied after an unattributable violation = %v", err)
+	}
+}
