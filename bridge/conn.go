@@ -66,7 +66,8 @@ type Conn struct {
 	inFlight   int
 	roundTrips atomic.Int64 // confirmation round trips made
 
-	perms permissionLog
+	perms    permissionLog
+	logLimit logLimiter
 
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject
@@ -89,6 +90,7 @@ func newConn(p *Pool, key TokenKey) *Conn {
 		listeners: make(map[*func(Status)]struct{}),
 	}
 	c.perms.init()
+	c.logLimit.init(asyncLogEvery)
 	return c
 }
 
@@ -348,7 +350,8 @@ func (c *Conn) flush() error {
 }
 
 // onAsyncError is the connection's nats.ErrorHandler. Permission
-// violations were already recorded by the errTap.
+// violations were already recorded by the errTap; what else comes is
+// logged, at most once per kind every asyncLogEvery.
 func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 	switch {
 	case errors.Is(err, nats.ErrPermissionViolation):
@@ -362,10 +365,15 @@ func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 		if ss != nil {
 			ss.reportDropped(sub)
 		}
-		c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription and NATS messages were dropped",
-			"token", c.name, "subject", sub.Subject)
+		if ok, suppressed := c.logLimit.allow("slow consumer " + sub.Subject); ok {
+			c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription and NATS messages were dropped",
+				append([]any{"token", c.name, "subject", sub.Subject}, suppressedAttr(suppressed)...)...)
+		}
 	default:
-		c.pool.cfg.Logger.Info("nats async error", "token", c.name, "err", err)
+		if ok, suppressed := c.logLimit.allow(err.Error()); ok {
+			c.pool.cfg.Logger.Info("nats async error",
+				append([]any{"token", c.name, "err", err}, suppressedAttr(suppressed)...)...)
+		}
 	}
 }
 
