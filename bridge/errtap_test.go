@@ -4,9 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,8 +52,16 @@ func floodBadHeaders(t *testing.T, addr, token, subject string) (sent *atomic.In
 		t.Fatalf("flood dial: %v", err)
 	}
 	r := bufio.NewReader(conn)
-	if line, err := r.ReadString('\n'); err != nil || !strings.HasPrefix(line, "INFO ") {
+	line, err := r.ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "INFO ") {
 		t.Fatalf("flood: no INFO: %q %v", line, err)
+	}
+	if strings.Contains(line, `"tls_required":true`) {
+		tc := tls.Client(conn, &tls.Config{InsecureSkipVerify: true})
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("flood: TLS: %v", err)
+		}
+		conn, r = tc, bufio.NewReader(tc)
 	}
 	fmt.Fprintf(conn, "CONNECT {\"auth_token\":%q,\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\nPING\r\n", token)
 	if line, err := r.ReadString('\n'); err != nil || line != "PONG\r\n" {
@@ -90,6 +108,9 @@ func floodBadHeaders(t *testing.T, addr, token, subject string) (sent *atomic.In
 	return sent
 }
 
+// clientAddr is the host:port of e's client listener.
+func clientAddr(e *Embedded) string { return e.s.Addr().String() }
+
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
@@ -101,15 +122,169 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 // entry, subscription and request must still be refused.
 func TestForbiddenPublishIsForbiddenWhileAnotherTenantFloodsBadHeaders(t *testing.T) {
 	t.Parallel()
-	for _, transport := range []string{"in-process", "tcp"} {
+	for _, transport := range []string{"in-process", "tcp", "tls"} {
 		t.Run(transport, func(t *testing.T) {
-			e := startEmbedded(t, verdictTokens())
-			cfg := Config{Server: e}
-			if transport == "tcp" {
+			var e *Embedded
+			var cfg Config
+			switch transport {
+			case "in-process":
+				e = startEmbedded(t, verdictTokens())
+				cfg = Config{Server: e}
+			case "tcp":
+				e = startEmbedded(t, verdictTokens())
 				cfg = Config{URL: e.ClientURL()}
+			case "tls":
+				var roots *x509.CertPool
+				e, roots = startTLSEmbedded(t, verdictTokens())
+				cfg = Config{URL: e.ClientURL(), tlsConfig: &tls.Config{RootCAs: roots}}
 			}
 			testVerdictsUnderBadHeaderFlood(t, e, cfg)
+			if transport == "tls" {
+				mustUseTLS(t, e)
+			}
 		})
+	}
+}
+
+// startTLSEmbedded starts an embedded server that requires TLS, with a
+// certificate for localhost and 127.0.0.1 from a new CA, which it returns.
+func startTLSEmbedded(t *testing.T, tokens []Token) (*Embedded, *x509.CertPool) {
+	t.Helper()
+	dir := t.TempDir()
+	roots := writeTestCert(t, dir)
+	conf := filepath.Join(dir, "nats.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("tls {\n  cert_file: %q\n  key_file: %q\n}\n",
+		filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e, err := StartEmbedded(EmbeddedConfig{Listen: "127.0.0.1:0", ConfigFile: conf, Tokens: tokens})
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	t.Cleanup(func() { _ = e.Shutdown(context.Background()) })
+	return e, roots
+}
+
+// writeTestCert writes cert.pem and key.pem for localhost and 127.0.0.1
+// into dir, signed by a new CA, and returns a pool holding the CA.
+func writeTestCert(t *testing.T, dir string) *x509.CertPool {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "natsgate test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "localhost"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, block := range map[string]*pem.Block{
+		"cert.pem": {Type: "CERTIFICATE", Bytes: der},
+		"key.pem":  {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+	return roots
+}
+
+// mustUseTLS fails unless every gateway connection to e is over TLS.
+func mustUseTLS(t *testing.T, e *Embedded) {
+	t.Helper()
+	cz, err := e.s.Connz(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ci := range cz.Conns {
+		if ci.Name == "natsgate" {
+			n++
+			if ci.TLSVersion == "" {
+				t.Fatalf("gateway connection %d is not over TLS", ci.Cid)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no gateway connection to check")
+	}
+}
+
+func TestTLSToExternalServersIsVerifiedAndTapped(t *testing.T) {
+	t.Parallel()
+	e, roots := startTLSEmbedded(t, verdictTokens())
+	_, port, _ := net.SplitHostPort(clientAddr(e))
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name, url string
+		roots     *x509.CertPool
+		ok        bool
+	}{
+		{"by name, server requires TLS", "nats://localhost:" + port, roots, true},
+		{"by address, tls:// URL", "tls://127.0.0.1:" + port, roots, true},
+		{"unknown CA", "nats://localhost:" + port, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newTestPool(t, Config{URL: tc.url, tlsConfig: &tls.Config{RootCAs: tc.roots}, ConnectTimeout: 2 * time.Second})
+			c, err := p.Acquire(ctx, limitedToken)
+			if !tc.ok {
+				if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "certificate") {
+					t.Fatalf("Acquire = %v, want ErrUnavailable for the certificate", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Acquire: %v", err)
+			}
+			defer c.Release()
+			mustUseTLS(t, e)
+			if err := c.Publish(ctx, &Msg{Subject: "open"}, 0); err != nil {
+				t.Fatalf("allowed publish: %v", err)
+			}
+			if err := c.Publish(ctx, &Msg{Subject: "secret"}, 0); !errors.Is(err, ErrForbidden) {
+				t.Fatalf("forbidden publish = %v, want ErrForbidden", err)
+			}
+		})
+	}
+	// A certificate for another name is refused.
+	p := newTestPool(t, Config{URL: "nats://localhost:" + port, tlsConfig: &tls.Config{RootCAs: roots, ServerName: "elsewhere"}})
+	if _, err := p.Acquire(ctx, limitedToken); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Acquire with a certificate for another name = %v, want ErrUnavailable", err)
+	}
+}
+
+func TestWebSocketNATSURLsAreRefused(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"ws://127.0.0.1:1", "nats://127.0.0.1:1,wss://127.0.0.1:2"} {
+		p := newTestPool(t, Config{URL: u})
+		if _, err := p.Acquire(context.Background(), limitedToken); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "ws://") {
+			t.Errorf("Acquire via %s = %v, want ErrUnavailable naming ws://", u, err)
+		}
 	}
 }
 
@@ -126,7 +301,7 @@ func testVerdictsUnderBadHeaderFlood(t *testing.T, e *Embedded, cfg Config) {
 		t.Fatalf("subscribe noise: %v", err)
 	}
 	defer sub.Close()
-	sent := floodBadHeaders(t, strings.TrimPrefix(e.ClientURL(), "nats://"), noisyToken, "noise")
+	sent := floodBadHeaders(t, clientAddr(e), noisyToken, "noise")
 	deadline := time.Now().Add(5 * time.Second)
 	for got.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)

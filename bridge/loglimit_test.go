@@ -88,7 +88,7 @@ func TestBadHeaderFloodLogsOneLineNotOnePerMessage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	floodBadHeaders(t, strings.TrimPrefix(e.ClientURL(), "nats://"), noisyToken, "noise")
+	floodBadHeaders(t, clientAddr(e), noisyToken, "noise")
 	deadline := time.Now().Add(5 * time.Second)
 	for (h.count("nats async error") == 0 || got.Load() < 2000) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
