@@ -154,18 +154,18 @@ func (t *errTap) msg(line []byte, over bool, tail []byte, op string, minArgs int
 	}
 	args := line[len(op):]
 	if over {
-		args = tail // the size is the last argument; the count is not checked
-	} else if n := len(bytes.FieldsFunc(args, isArgSep)); n != minArgs && n != minArgs+1 {
+		// The size is the last argument, whole in the tail when a
+		// separator precedes it there; the count is not checked.
+		args = tail
+	}
+	n, last := lastArg(args)
+	switch {
+	case !over && n != minArgs && n != minArgs+1,
+		over && (n == 0 || n == 1 && !isArgSep(args[0])):
 		t.lost = errTapLost
 		return
 	}
-	args = bytes.TrimRightFunc(args, isArgSep)
-	i := bytes.LastIndexFunc(args, isArgSep)
-	if i < 0 {
-		t.lost = errTapLost
-		return
-	}
-	size, ok := parseSize(args[i+1:])
+	size, ok := parseSize(last)
 	if !ok {
 		t.lost = errTapLost
 		return
@@ -192,7 +192,26 @@ func hasOp(line []byte, op string) bool {
 		(line[len(op)] == ' ' || line[len(op)] == '\t')
 }
 
-func isArgSep(r rune) bool { return r == ' ' || r == '\t' || r == '\r' || r == '\n' }
+func isArgSep(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }
+
+// lastArg splits args as nats.go does (on spaces, tabs, CR and LF) and
+// returns how many there are and the last one.
+func lastArg(args []byte) (n int, last []byte) {
+	start := -1
+	for i, c := range args {
+		if isArgSep(c) {
+			if start >= 0 {
+				n, last, start = n+1, args[start:i], -1
+			}
+		} else if start < 0 {
+			start = i
+		}
+	}
+	if start >= 0 {
+		n, last = n+1, args[start:]
+	}
+	return n, last
+}
 
 func parseSize(b []byte) (int, bool) {
 	if len(b) == 0 || len(b) > 13 {

@@ -515,8 +515,9 @@ func TestErrTapBoundsWhatItKeepsOfALongLine(t *testing.T) {
 	long := "INFO {\"x\":\"" + strings.Repeat("a", 1<<20) + "\"}\r\n"
 	subject := strings.Repeat("s", 2*maxTapLine)
 	msg := msgFrame("MSG", subject+" 1 "+subject, "", fakeDeny)
+	spaced := msgFrame("MSG", subject+" 1"+strings.Repeat(" ", 2*tapTail), "", fakeDeny)
 	deny := "-ERR 'Permissions Violation for Publish to \"" + subject + "\"'\r\n"
-	for _, part := range []string{long, msg, deny, "PONG\r\n"} {
+	for _, part := range []string{long, msg, spaced, deny, "PONG\r\n"} {
 		// In pieces, so that every line is kept across reads.
 		for b := []byte(part); len(b) > 0; {
 			n := min(len(b), 1000)
@@ -536,5 +537,20 @@ func TestErrTapBoundsWhatItKeepsOfALongLine(t *testing.T) {
 	}
 	if err := l.publishDenied(0, "anything", ""); !errors.Is(err, ErrForbidden) {
 		t.Fatalf("publishDenied after an unattributable violation = %v", err)
+	}
+}
+
+// BenchmarkErrTap measures the tap on a stream of 128-byte messages with
+// headers, as a subscription on a busy subject sees.
+func BenchmarkErrTap(b *testing.B) {
+	frame := msgFrame("HMSG", "orders.eu 7 _INBOX.abc.def", "NATS/1.0\r\nTrace: 1\r\n\r\n", strings.Repeat("x", 128))
+	buf := []byte(strings.Repeat(frame, 32<<10/len(frame)))
+	tap := newErrTap(newTestLog())
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := tap.scan(buf); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
