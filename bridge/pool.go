@@ -20,6 +20,11 @@ import (
 type Config struct {
 	// URL lists external NATS servers, comma-separated
 	// ("nats://a:4222,nats://b:4222"). Ignored when Server is set.
+	// nats:// and tls:// URLs are accepted; TLS is used when the server
+	// requires it or the URL is tls://, and the certificate is verified
+	// against the URL's host name and the system's roots. ws:// and wss://
+	// are refused: the gateway reads the NATS protocol on its connections
+	// to learn which publishes the server refused (errTap).
 	URL string
 	// Server is the embedded server, reached in-process.
 	Server *Embedded
