@@ -187,9 +187,18 @@ func (t *errTap) onErr(arg string) {
 	t.log.record(v)
 }
 
+// hasOp reports whether line starts with op, in any ASCII case as nats.go
+// accepts it, followed by a space or a tab.
 func hasOp(line []byte, op string) bool {
-	return len(line) > len(op) && strings.EqualFold(string(line[:len(op)]), op) &&
-		(line[len(op)] == ' ' || line[len(op)] == '\t')
+	if len(line) <= len(op) || (line[len(op)] != ' ' && line[len(op)] != '\t') {
+		return false
+	}
+	for i := range len(op) {
+		if c, o := line[i], op[i]; c != o && (o < 'A' || o > 'Z' || c != o+('a'-'A')) {
+			return false
+		}
+	}
+	return true
 }
 
 func isArgSep(c byte) bool { return c == ' ' || c == '\t' || c == '\r' || c == '\n' }

@@ -554,3 +554,25 @@ func BenchmarkErrTap(b *testing.B) {
 		}
 	}
 }
+
+func TestHasOpFoldsASCIILettersOnly(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		line, op string
+		want     bool
+	}{
+		{"MSG a 1 0", "MSG", true},
+		{"msg\ta 1 0", "MSG", true},
+		{"mSg a", "MSG", true},
+		{"MSGa 1 0", "MSG", false},
+		{"MSG", "MSG", false},
+		{"-err x", "-ERR", true},
+		{"Merr x", "-ERR", false},
+		{"M\xc5\xbfG a 1 0", "MSG", false}, // U+017F folds to s in Unicode, not in NATS
+		{"HMSG a", "HMSG", true},
+	} {
+		if got := hasOp([]byte(tc.line), tc.op); got != tc.want {
+			t.Errorf("hasOp(%q, %q) = %v, want %v", tc.line, tc.op, got, tc.want)
+		}
+	}
+}
