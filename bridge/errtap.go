@@ -22,9 +22,10 @@ import (
 // followed by the number of bytes its last argument gives, one more byte,
 // and everything through the next '\n'. So a payload or a header that
 // reads "-ERR 'Permissions Violation …" is never taken for a line. A stream
-// it cannot frame is one nats.go would reject too: the tap then fails the
-// read (errTapLost), nats.go reconnects, and nothing sent before is
-// confirmed.
+// it cannot frame is one nats.go would reject too (or one announcing a
+// payload over maxTapSize, which no server sends): the tap then fails the
+// read (errTapLost) without handing over its bytes, nats.go reconnects, and
+// nothing sent before is confirmed.
 type errTap struct {
 	log  *permissionLog
 	skip int  // payload bytes (and the byte after them) still to pass over
