@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,11 @@ import (
 type Config struct {
 	// URL lists external NATS servers, comma-separated
 	// ("nats://a:4222,nats://b:4222"). Ignored when Server is set.
+	// nats:// and tls:// URLs are accepted; TLS is used when the server
+	// requires it or the URL is tls://, and the certificate is verified
+	// against the URL's host name and the system's roots. ws:// and wss://
+	// are refused: the gateway reads the NATS protocol on its connections
+	// to learn which publishes the server refused (errTap).
 	URL string
 	// Server is the embedded server, reached in-process.
 	Server *Embedded
@@ -59,6 +65,10 @@ type Config struct {
 	StoredInFlight int
 	// Logger receives connection events. Nil discards them.
 	Logger *slog.Logger
+
+	// tlsConfig verifies external servers' certificates; nil means the
+	// system's roots. Tests set it.
+	tlsConfig *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -203,6 +213,7 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, err
 		}
 		c.nc = nc
+		c.perms.setMux(c.muxSubject())
 		c.name = p.tokenName(key) // known once the server has checked the token
 		c.refs.Store(1)
 		c.ready.Store(true)
@@ -274,15 +285,20 @@ func (p *Pool) dial(ctx context.Context, token string, c *Conn) (*nats.Conn, err
 		nats.ReconnectHandler(func(*nats.Conn) { c.notify(Reconnected) }),
 		nats.ClosedHandler(func(*nats.Conn) { p.onClosed(c) }),
 	}
-	var (
-		nc  *nats.Conn
-		err error
-	)
+	// Every connection's reads pass through an errTap, which records the
+	// permission violations the server reports (see errTap).
+	servers := ""
 	if p.cfg.Server != nil {
-		nc, err = nats.Connect("", append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn}))...)
+		opts = append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn, perms: &c.perms}))
 	} else {
-		nc, err = nats.Connect(p.cfg.URL, opts...)
+		d, err := newTapDialer(p.cfg.URL, p.cfg.ConnectTimeout, p.cfg.tlsConfig, &c.perms)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		servers = p.cfg.URL
+		opts = append(opts, nats.SetCustomDialer(d), nats.SkipHostLookup())
 	}
+	nc, err := nats.Connect(servers, opts...)
 	switch {
 	case err == nil:
 		return nc, nil
