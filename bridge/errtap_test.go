@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -72,7 +73,7 @@ func floodBadHeaders(t *testing.T, addr, token, subject string) (sent *atomic.In
 	batch := []byte(strings.Repeat(frame, perBatch))
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Go(func() { _, _ = r.WriteTo(discard{}) }) // PINGs, -ERRs: unread they would stall the server
+	wg.Go(func() { _, _ = r.WriteTo(io.Discard) }) // PINGs, -ERRs: unread they would stall the server
 	sent = new(atomic.Int64)
 	first := make(chan struct{})
 	wg.Go(func() {
@@ -110,10 +111,6 @@ func floodBadHeaders(t *testing.T, addr, token, subject string) (sent *atomic.In
 
 // clientAddr is the host:port of e's client listener.
 func clientAddr(e *Embedded) string { return e.s.Addr().String() }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // TestForbiddenPublishIsForbiddenWhileAnotherTenantFloodsBadHeaders: the
 // review's scenario. A token forbidden to publish on "secret" holds a
