@@ -189,20 +189,13 @@ func (c *Callout) Stats() CalloutStats {
 }
 
 // Issued returns the name the service gave the token with this key and
-// the expiry of the NATS user it issued for it (zero for none), while
-// that user has not expired.
+// the expiry of the NATS user it last issued for it (zero for none),
+// expired or not. Expired entries go when the table is full.
 func (c *Callout) Issued(key TokenKey) (name string, expires time.Time, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	u, ok := c.issued[key]
-	if !ok {
-		return "", time.Time{}, false
-	}
-	if !u.expires.IsZero() && time.Now().After(u.expires) {
-		delete(c.issued, key)
-		return "", time.Time{}, false
-	}
-	return u.name, u.expires, true
+	return u.name, u.expires, ok
 }
 
 func (c *Callout) remember(key TokenKey, u issuedUser) {
@@ -464,4 +457,15 @@ func (e *Embedded) CalloutStats() CalloutStats {
 		return CalloutStats{}
 	}
 	return e.callout.Stats()
+}
+
+// notConnected is the error for an operation on a connection that is not
+// connected right now: ErrUnavailable, unless the token's NATS user has
+// expired, when NATS dropped the connection for that and will refuse it
+// again (the pool learns so at the next reconnect): ErrUnauthorized.
+func (c *Conn) notConnected() error {
+	if exp, ok := c.Expires(); ok && !time.Now().Before(exp) {
+		return fmt.Errorf("%w: the token expired", ErrUnauthorized)
+	}
+	return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
 }

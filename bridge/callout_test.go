@@ -190,12 +190,13 @@ func TestCalloutRejectionIsFastUnauthorizedAndRemembered(t *testing.T) {
 
 // TestCalloutUserExpiresWithTheToken: NATS itself disconnects the
 // connection at the token's exp, and will not take the token again; the
-// pool's connection closes as unauthorized.
+// pool's connection closes as unauthorized. Until it has, operations on
+// it are ErrUnauthorized, not ErrUnavailable.
 func TestCalloutUserExpiresWithTheToken(t *testing.T) {
 	t.Parallel()
 	iss := oidctest.New(t)
 	e, _ := startOIDCEmbedded(t, iss)
-	p := newTestPool(t, Config{Server: e, ReconnectWait: 100 * time.Millisecond})
+	p := newTestPool(t, Config{Server: e}) // nats.go retries after 500 ms
 	claims := iss.Claims("eve", testAudience, 2*time.Second)
 	claims["nats"] = ordersPerms
 	tok := iss.Sign(t, "rsa-1", claims)
@@ -203,10 +204,28 @@ func TestCalloutUserExpiresWithTheToken(t *testing.T) {
 	if exp, ok := c.Expires(); !ok || time.Until(exp) > 2*time.Second {
 		t.Fatalf("Expires() = %v %v", exp, ok)
 	}
-	select {
-	case <-c.Done():
-	case <-time.After(8 * time.Second):
-		t.Fatal("the connection outlived its token by 6 s")
+	deadline := time.After(8 * time.Second)
+	refused := 0
+	for done := false; !done; {
+		select {
+		case <-c.Done():
+			done = true
+		case <-deadline:
+			t.Fatal("the connection outlived its token by 6 s")
+		case <-time.After(10 * time.Millisecond):
+			err := c.Publish(context.Background(), &Msg{Subject: "orders.x"}, 0)
+			switch {
+			case err == nil:
+			case errors.Is(err, ErrUnauthorized):
+				refused++
+			case errors.Is(err, ErrUnavailable) && c.nc.IsClosed():
+			default:
+				t.Fatalf("publish between expiry and close: %v, want ErrUnauthorized", err)
+			}
+		}
+	}
+	if refused == 0 {
+		t.Fatal("no publish landed between the expiry and the close: the test saw nothing")
 	}
 	if !c.ClosedByAuth() {
 		t.Fatalf("closed, but not by auth: %v", c.nc.LastError())
