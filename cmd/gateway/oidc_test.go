@@ -47,8 +47,7 @@ func TestRunWithOIDCIssuer(t *testing.T) {
 	// embedded listener; a 64 KiB one is a quick 401.
 	big := iss.Claims("big", testAudience, time.Hour)
 	big["nats"] = ordersClaim
-	big["groups"] = strings.Repeat("g", 6<<10)
-	bigTok := iss.Sign(t, "rsa-1", big)
+	bigTok := iss.SignSized(t, "rsa-1", big, 6<<10)
 	if got := post(t, s.base+"/v1/publish/orders.big", bigTok, "x"); got != 204 {
 		t.Fatalf("%d-byte token: %d, want 204", len(bigTok), got)
 	}
@@ -61,7 +60,7 @@ func TestRunWithOIDCIssuer(t *testing.T) {
 	}
 	nc.Close()
 	start := time.Now()
-	if got := post(t, s.base+"/v1/publish/orders.huge", sizedToken(t, iss, 64<<10), "x"); got != 401 {
+	if got := post(t, s.base+"/v1/publish/orders.huge", iss.SignSized(t, "rsa-1", iss.Claims("huge", testAudience, time.Hour), 64<<10), "x"); got != 401 {
 		t.Fatalf("64 KiB token: %d, want 401", got)
 	}
 	if d := time.Since(start); d > time.Second {
@@ -108,28 +107,6 @@ func TestOIDCFlagsAreChecked(t *testing.T) {
 	for _, want := range []string{"GATEWAY_OIDC_ISSUER", "GATEWAY_OIDC_AUDIENCE", "GATEWAY_OIDC_PERMISSIONS_CLAIM", "GATEWAY_OIDC_DEFAULT_PERMISSIONS", "natsgate callout --help"} {
 		if !strings.Contains(help.String(), want) {
 			t.Errorf("--help lacks %s", want)
-		}
-	}
-}
-
-// sizedToken returns a validly signed token with an orders claim of
-// about size bytes (within 4).
-func sizedToken(t *testing.T, iss *oidctest.Issuer, size int) string {
-	t.Helper()
-	n := size * 3 / 4
-	for {
-		c := iss.Claims("sized", testAudience, time.Hour)
-		c["nats"] = ordersClaim
-		c["groups"] = strings.Repeat("g", n)
-		tok := iss.Sign(t, "rsa-1", c)
-		d := size - len(tok)
-		switch {
-		case d >= 0 && d <= 4:
-			return tok
-		case d > 0:
-			n += max(d*3/4, 1)
-		default:
-			n += min(d*3/4, -1)
 		}
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -220,4 +221,29 @@ func compact(t testing.TB, header, claims map[string]any) string {
 		t.Fatal(err)
 	}
 	return base64.RawURLEncoding.EncodeToString(h) + "." + base64.RawURLEncoding.EncodeToString(c)
+}
+
+// SignSized signs claims with kid's key, padded with a "pad" claim so
+// that the token has size bytes (within 4: base64 moves in steps).
+func (i *Issuer) SignSized(t testing.TB, kid string, claims map[string]any, size int) string {
+	t.Helper()
+	n := max(size*3/4-600, 0)
+	for range 100 {
+		claims["pad"] = strings.Repeat("p", n)
+		tok := i.Sign(t, kid, claims)
+		d := size - len(tok)
+		switch {
+		case d >= 0 && d <= 4:
+			return tok
+		case d > 0:
+			n += max(d*3/4, 1)
+		default:
+			n += min(d*3/4, -1)
+		}
+		if n < 0 {
+			break
+		}
+	}
+	t.Fatalf("oidctest: no token of %d bytes", size)
+	return ""
 }
