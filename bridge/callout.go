@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,6 +78,8 @@ type Callout struct {
 	wg     sync.WaitGroup
 	sem    chan struct{}
 
+	sign jwt.SignFn // the issuer's signature, its key derived once
+
 	accepted, rejected atomic.Uint64
 
 	mu     sync.Mutex
@@ -110,6 +113,17 @@ func startCallout(nc *nats.Conn, cfg CalloutConfig, tokens *tokenAuth) (*Callout
 	if pub, err := cfg.Issuer.PublicKey(); err != nil || !nkeys.IsValidPublicAccountKey(pub) {
 		return nil, errors.New("callout: the issuer key must be an account key (its seed starts with SA)")
 	}
+	seed, err := cfg.Issuer.Seed()
+	if err != nil {
+		return nil, errors.New("callout: the issuer key pair has no seed")
+	}
+	_, raw, err := nkeys.DecodeSeed(seed)
+	if err != nil {
+		return nil, fmt.Errorf("callout: issuer seed: %w", err)
+	}
+	// nkeys derives the private key from the seed at every Sign; each
+	// request signs two JWTs.
+	priv := ed25519.NewKeyFromSeed(raw)
 	if cfg.XKey != nil {
 		if pub, err := cfg.XKey.PublicKey(); err != nil || !nkeys.IsValidPublicCurveKey(pub) {
 			return nil, errors.New("callout: the xkey must be a curve key (its seed starts with SX)")
@@ -137,6 +151,7 @@ func startCallout(nc *nats.Conn, cfg CalloutConfig, tokens *tokenAuth) (*Callout
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &Callout{
+		sign:   func(_ string, data []byte) ([]byte, error) { return ed25519.Sign(priv, data), nil },
 		cfg:    cfg,
 		tokens: tokens,
 		sub:    sub,
@@ -264,7 +279,7 @@ func (c *Callout) handle(m *nats.Msg) {
 		c.accepted.Add(1)
 		resp.Jwt = userJWT
 	}
-	out, err := resp.Encode(c.cfg.Issuer)
+	out, err := resp.EncodeWithSigner(c.cfg.Issuer, c.sign)
 	if err != nil {
 		c.cfg.Logger.Error("callout: encoding the response", "err", err)
 		return
@@ -331,7 +346,7 @@ func (c *Callout) authorize(ctx context.Context, req *jwt.AuthorizationRequestCl
 		uc.Expires = u.expires.Unix()
 	}
 	perms.applyTo(&uc.Permissions)
-	out, err := uc.Encode(c.cfg.Issuer)
+	out, err := uc.EncodeWithSigner(c.cfg.Issuer, c.sign)
 	if err != nil {
 		log.Error("callout: encoding the user", "err", err)
 		return "", errors.New("internal error")
