@@ -67,8 +67,9 @@ func (c *WSConfig) setDefaults() {
 // contract's close code when it fired.
 var noDeadline = context.Background()
 
-// connectFrameLimit bounds the frame read before authentication.
-const connectFrameLimit = 16 << 10
+// connectFrameLimit bounds the frame read before authentication: a
+// connect frame with a token of maxTokenLen.
+const connectFrameLimit = maxTokenLen + 1<<10
 
 // maxIDLen bounds sid and id values, which are echoed in frames.
 const maxIDLen = 64
