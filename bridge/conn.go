@@ -77,6 +77,9 @@ type Conn struct {
 	kvmu sync.Mutex
 	kvs  map[string]jetstream.KeyValue // bucket handles, see kvCall
 
+	jsmu       sync.Mutex
+	streamSubs map[*StreamSubscription]struct{} // open JetStream subscriptions, for Pool.Close
+
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject
 	byNATS map[*nats.Subscription]*sharedSub // every subscription, for slow-consumer reports
@@ -88,14 +91,15 @@ type Conn struct {
 
 func newConn(p *Pool, key TokenKey) *Conn {
 	c := &Conn{
-		pool:      p,
-		key:       key,
-		name:      key.String(),
-		dialed:    make(chan struct{}),
-		done:      make(chan struct{}),
-		subs:      make(map[string]*sharedSub),
-		byNATS:    make(map[*nats.Subscription]*sharedSub),
-		listeners: make(map[*func(Status)]struct{}),
+		pool:       p,
+		key:        key,
+		name:       key.String(),
+		dialed:     make(chan struct{}),
+		done:       make(chan struct{}),
+		subs:       make(map[string]*sharedSub),
+		streamSubs: make(map[*StreamSubscription]struct{}),
+		byNATS:     make(map[*nats.Subscription]*sharedSub),
+		listeners:  make(map[*func(Status)]struct{}),
 	}
 	c.perms.init()
 	return c

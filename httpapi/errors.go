@@ -63,6 +63,8 @@ func classify(err error) (status int, kind string) {
 		return http.StatusNotFound, "no-key"
 	case errors.Is(err, bridge.ErrPrecondition):
 		return http.StatusPreconditionFailed, "precondition-failed"
+	case errors.Is(err, bridge.ErrSeveralStreams):
+		return http.StatusBadRequest, "several-streams"
 	case errors.Is(err, bridge.ErrConflict):
 		return http.StatusConflict, "conflict"
 	case errors.Is(err, bridge.ErrJetStreamUnavailable):
