@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -48,8 +49,13 @@ func (g *gateway) http(method, path, body string, want int, hdr ...string) strin
 	return string(b)
 }
 
-// kvConsumers is the number of consumers on the bucket's stream.
-func (g *gateway) kvConsumers(bucket string) int {
+// kvConsumers counts the consumers on a bucket's stream.
+type kvConsumers struct {
+	t  *testing.T
+	st jetstream.Stream
+}
+
+func (g *gateway) kvConsumers(bucket string) kvConsumers {
 	g.t.Helper()
 	js, err := jetstream.New(g.native(adminToken))
 	if err != nil {
@@ -59,11 +65,56 @@ func (g *gateway) kvConsumers(bucket string) int {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	info, err := st.Info(context.Background())
+	return kvConsumers{t: g.t, st: st}
+}
+
+func (c kvConsumers) count() int {
+	c.t.Helper()
+	info, err := c.st.Info(context.Background())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return info.State.Consumers
+}
+
+// nativeKV is the bucket through a native NATS client.
+func (g *gateway) nativeKV(bucket string) jetstream.KeyValue {
+	g.t.Helper()
+	js, err := jetstream.New(g.native(adminToken))
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	return info.State.Consumers
+	kv, err := js.KeyValue(context.Background(), bucket)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	return kv
+}
+
+// stopHTTP shuts the API down (WebSocket sessions close with 1001) and
+// leaves nothing listening until serveAgain.
+func (g *gateway) stopHTTP() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.api.Shutdown()
+	_ = g.srv.Close()
+}
+
+// serveAgain serves a new API on the gateway's address.
+func (g *gateway) serveAgain() {
+	g.t.Helper()
+	var ln net.Listener
+	var err error
+	for range 50 {
+		if ln, err = net.Listen("tcp", g.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		g.t.Fatalf("listening again on %s: %v", g.addr, err)
+	}
+	g.serve(ln)
 }
 
 // tab opens another tab in the same browser.
@@ -200,7 +251,8 @@ func TestTwoPagesWatchOneKey(t *testing.T) {
 		})()`)
 		p.waitJS(name+" to see the current value", `seen.length === 1 && seen[0].rev === 1 && seen[0].data === 'dark' && currents === 1`)
 	}
-	if n := g.kvConsumers("cfg"); n != 2 {
+	consumers := g.kvConsumers("cfg")
+	if n := consumers.count(); n != 2 {
 		t.Fatalf("%d consumers for two watches", n)
 	}
 
@@ -223,10 +275,20 @@ func TestTwoPagesWatchOneKey(t *testing.T) {
 		}
 	}
 
-	// The gateway goes away; a write lands meanwhile; the pages come back.
-	g.restartHTTP()
-	g.http("PUT", "/v1/kv/cfg/ui.theme", "while away", 200) // 5
-	g.http("DELETE", "/v1/kv/cfg/ui.theme", "", 204)        // 6
+	// The gateway goes away; writes land meanwhile (straight to NATS); the
+	// pages come back.
+	g.stopHTTP()
+	for name, p := range pages {
+		p.waitJS(name+" to notice the gateway went", `nc.state !== 'connected'`)
+	}
+	kv := g.nativeKV("cfg")
+	if _, err := kv.Put(context.Background(), "ui.theme", []byte("while away")); err != nil { // 5
+		t.Fatal(err)
+	}
+	if err := kv.Delete(context.Background(), "ui.theme"); err != nil { // 6
+		t.Fatal(err)
+	}
+	g.serveAgain()
 	for name, p := range pages {
 		p.waitJS(name+" to see what was written while it was away", `seen.length === 5 && seen[3].rev === 5 && seen[3].data === 'while away' && seen[4].op === 'DEL'`)
 		resumed := eval[[]any](p, `sent_.filter(f => f.op === 'watch').map(f => f.resumeRevision ?? null)`)
@@ -246,9 +308,9 @@ func TestTwoPagesWatchOneKey(t *testing.T) {
 		eval[bool](p, `stopWatch().then(() => true)`)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for g.kvConsumers("cfg") != 0 {
+	for consumers.count() != 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d consumers left after both watches stopped", g.kvConsumers("cfg"))
+			t.Fatalf("%d consumers left after both watches stopped", consumers.count())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
