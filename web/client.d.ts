@@ -92,7 +92,7 @@ export interface ClientEvents {
   /** The gateway confirmed a subscription; resubscribed when it was made again after a reconnect. */
   subscribed: { sid: string; subject: string; resubscribed: boolean };
   closed: { code: number; reason: string; error: NatsgateError };
-  error: { error: Error; sid?: string; subject?: string };
+  error: { error: Error; sid?: string; subject?: string; bucket?: string };
   status: { op: 'status'; nats?: 'disconnected' | 'reconnected' | string; gateway?: string };
   slowconsumer: { dropped: number; message: string };
 }
