@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -240,18 +241,28 @@ func TestOIDCSessionsEndWhenTheTokenExpires(t *testing.T) {
 		t.Fatalf("stream: %d", s.resp.StatusCode)
 	}
 	start := time.Now()
-	if code := w.closed(); code != closeUnauthorized {
-		t.Fatalf("WebSocket closed %d at expiry, want %d", code, closeUnauthorized)
+	for range w.frames {
+	}
+	var ce websocket.CloseError
+	if err := <-w.done; !errors.As(err, &ce) || ce.Code != closeUnauthorized || ce.Reason != "token expired" {
+		t.Fatalf("WebSocket at expiry: %v, want close %d \"token expired\"", err, closeUnauthorized)
 	}
 	t.Logf("WebSocket closed 4401 %v after the start (token valid 2 s)", time.Since(start).Round(10*time.Millisecond))
-	ended := make(chan struct{})
+	ended := make(chan string)
 	go func() {
-		for range s.lines {
+		var last string
+		for l := range s.lines {
+			if isData(l) {
+				last = l
+			}
 		}
-		close(ended)
+		ended <- last
 	}()
 	select {
-	case <-ended:
+	case last := <-ended:
+		if want := `data: {"op":"status","nats":"closed","reason":"token expired"}`; last != want {
+			t.Fatalf("the stream ended with %q, want %q", last, want)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the SSE stream outlived its token")
 	}
