@@ -360,3 +360,21 @@ func BenchmarkFirstRequest(b *testing.B) {
 		})
 	}
 }
+
+// TestOIDCRefusalsCountTowardsTheFailedAuthLimit: refused OIDC tokens are
+// failed authentications like any other.
+func TestOIDCRefusalsCountTowardsTheFailedAuthLimit(t *testing.T) {
+	t.Parallel()
+	iss := oidctest.New(t)
+	g := startGateway(t, withOIDC(t, iss), func(o *gatewayOptions) {
+		o.cfg.AuthFailureLimit = 3
+		o.cfg.AuthFailureWindow = time.Minute
+	})
+	for i := range 3 {
+		tok := iss.Sign(t, "rsa-1", iss.Claims(fmt.Sprint("eve-", i), "another-app", time.Hour))
+		resp, body := g.do("POST", "/v1/publish/orders.x", tok, nil)
+		wantProblem(t, resp, body, 401, "")
+	}
+	resp, body := g.do("POST", "/v1/publish/orders.x", oidcOrders(t, iss, "alice", time.Hour), nil)
+	wantProblem(t, resp, body, 429, "failed authentications")
+}
