@@ -218,7 +218,9 @@ func TestCalloutUserExpiresWithTheToken(t *testing.T) {
 			case err == nil:
 			case errors.Is(err, ErrUnauthorized):
 				refused++
-			case errors.Is(err, ErrUnavailable) && c.nc.IsClosed():
+			case errors.Is(err, ErrUnavailable) && !strings.Contains(err.Error(), "not connected"):
+				// In flight when NATS dropped the user ("did not
+				// confirm"), or after the close: unknown, as in an outage.
 			default:
 				t.Fatalf("publish between expiry and close: %v, want ErrUnauthorized", err)
 			}
