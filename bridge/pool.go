@@ -367,7 +367,7 @@ func (p *Pool) onClosed(c *Conn) {
 	// Only an authentication error explains the close: any other last
 	// error (a permissions violation minutes ago) is unrelated to it.
 	switch reason := c.CloseReason(); reason {
-	case ReasonTokenRejected:
+	case ReasonTokenRejected, ReasonTokenExpired:
 		p.cfg.Logger.Info("nats connection closed", "token", c.name, "reason", reason, "err", c.nc.LastError())
 	case ReasonTokenRevoked:
 		p.cfg.Logger.Info("nats connection closed", "token", c.name, "reason", reason)

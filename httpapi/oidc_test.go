@@ -2,7 +2,7 @@ package httpapi
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -107,16 +107,21 @@ func TestOIDCBadTokensAre401QuicklyAndReachNothing(t *testing.T) {
 			t.Errorf("%s: 401 after %v", tc.name, d)
 		}
 		w := g.dialWS("")
-		sent := w.tryConnect(tc.token)
-		want := closeUnauthorized
-		if !tc.reachesNATS {
-			want = websocket.StatusMessageTooBig // the connect frame is over its bound
-			if !sent {
-				continue // refused (1009 and closed) before all of it was written
+		if tc.reachesNATS {
+			w.send(map[string]any{"op": "connect", "token": tc.token})
+			if code := w.closed(); code != closeUnauthorized {
+				t.Errorf("%s: WebSocket closed %d, want %d", tc.name, code, closeUnauthorized)
 			}
+			continue
 		}
-		if code := w.closed(); code != want {
-			t.Errorf("%s: WebSocket closed %d, want %d", tc.name, code, want)
+		// Over the connect frame's bound: the gateway closes 1009 while
+		// the client may still be writing, which can then see a reset
+		// before the close frame.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = w.c.Write(ctx, websocket.MessageText, []byte(`{"op":"connect","token":"`+tc.token+`"}`))
+		cancel()
+		if code := w.closed(); code != websocket.StatusMessageTooBig && code != -1 {
+			t.Errorf("%s: WebSocket closed %d, want %d", tc.name, code, websocket.StatusMessageTooBig)
 		}
 	}
 	after := g.e.CalloutStats()
@@ -200,7 +205,7 @@ func TestOIDCTokensNeverAppearInLogsMetricsOrErrors(t *testing.T) {
 			record(resp, body)
 		}
 		w := g.dialWS("")
-		w.tryConnect(tok)
+		w.send(map[string]any{"op": "connect", "token": tok})
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		w.c.Write(ctx, websocket.MessageText, []byte(`{"op":"pub","subject":"orders.z","id":"p"}`))
 		cancel()
@@ -244,18 +249,28 @@ func TestOIDCSessionsEndWhenTheTokenExpires(t *testing.T) {
 		t.Fatalf("stream: %d", s.resp.StatusCode)
 	}
 	start := time.Now()
-	if code := w.closed(); code != closeUnauthorized {
-		t.Fatalf("WebSocket closed %d at expiry, want %d", code, closeUnauthorized)
+	for range w.frames {
+	}
+	var ce websocket.CloseError
+	if err := <-w.done; !errors.As(err, &ce) || ce.Code != closeUnauthorized || ce.Reason != "token expired" {
+		t.Fatalf("WebSocket at expiry: %v, want close %d \"token expired\"", err, closeUnauthorized)
 	}
 	t.Logf("WebSocket closed 4401 %v after the start (token valid 2 s)", time.Since(start).Round(10*time.Millisecond))
-	ended := make(chan struct{})
+	ended := make(chan string)
 	go func() {
-		for range s.lines {
+		var last string
+		for l := range s.lines {
+			if isData(l) {
+				last = l
+			}
 		}
-		close(ended)
+		ended <- last
 	}()
 	select {
-	case <-ended:
+	case last := <-ended:
+		if want := `data: {"op":"status","nats":"closed","reason":"token expired"}`; last != want {
+			t.Fatalf("the stream ended with %q, want %q", last, want)
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the SSE stream outlived its token")
 	}
@@ -346,15 +361,20 @@ func BenchmarkFirstRequest(b *testing.B) {
 	}
 }
 
-// tryConnect sends a connect frame and reports whether it was written
-// whole: a frame over the gateway's bound (a 64 KiB token) may be refused,
-// and the connection closed, while the client is still writing it.
-func (w *wsClient) tryConnect(token string) bool {
-	b, err := json.Marshal(map[string]any{"op": "connect", "token": token})
-	if err != nil {
-		w.t.Fatal(err)
+// TestOIDCRefusalsCountTowardsTheFailedAuthLimit: refused OIDC tokens are
+// failed authentications like any other.
+func TestOIDCRefusalsCountTowardsTheFailedAuthLimit(t *testing.T) {
+	t.Parallel()
+	iss := oidctest.New(t)
+	g := startGateway(t, withOIDC(t, iss), func(o *gatewayOptions) {
+		o.cfg.AuthFailureLimit = 3
+		o.cfg.AuthFailureWindow = time.Minute
+	})
+	for i := range 3 {
+		tok := iss.Sign(t, "rsa-1", iss.Claims(fmt.Sprint("eve-", i), "another-app", time.Hour))
+		resp, body := g.do("POST", "/v1/publish/orders.x", tok, nil)
+		wantProblem(t, resp, body, 401, "")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	return w.c.Write(ctx, websocket.MessageText, b) == nil
+	resp, body := g.do("POST", "/v1/publish/orders.x", oidcOrders(t, iss, "alice", time.Hour), nil)
+	wantProblem(t, resp, body, 429, "failed authentications")
 }

@@ -607,7 +607,11 @@ func (ss *session) onStatus(st bridge.Status) {
 	}
 	go func() {
 		if ss.conn.ClosedByAuth() {
-			ss.ws.Close(closeUnauthorized, "token no longer accepted by the NATS server")
+			reason := "token no longer accepted by the NATS server"
+			if ss.conn.CloseReason() == bridge.ReasonTokenExpired {
+				reason = bridge.ReasonTokenExpired
+			}
+			ss.ws.Close(closeUnauthorized, reason)
 		} else {
 			ss.ws.Close(websocket.StatusTryAgainLater, "NATS connection closed")
 		}

@@ -43,7 +43,7 @@ func parseCalloutFlags(args []string, getenv func(string) string, stderr io.Writ
 	fs.StringVar(&c.natsURL, "nats-url", "", "NATS servers (comma-separated) whose auth_callout this service answers (required)")
 	fs.StringVar(&c.natsUser, "nats-user", "", "user the service connects as: one of the server's auth_callout auth_users")
 	fs.StringVar(&c.natsPassword, "nats-password", "", "that user's password")
-	fs.StringVar(&c.natsCreds, "nats-creds", "", "credentials file to connect with, instead of --nats-user (operator mode)")
+	fs.StringVar(&c.natsCreds, "nats-creds", "", "credentials file (.creds) to connect with, instead of --nats-user")
 	fs.StringVar(&c.issuerSeed, "issuer-seed", "", "seed (SA…) of the account nkey that signs users: the server's auth_callout issuer is its public key (prefer GATEWAY_ISSUER_SEED or --issuer-nkey-file to the command line)")
 	fs.StringVar(&c.issuerFile, "issuer-nkey-file", "", "file holding that seed (nsc generate nkey --account, or nk -gen account)")
 	fs.StringVar(&c.xkeySeed, "xkey-seed", "", "seed (SX…) of a curve key: requests are then encrypted, and the server's auth_callout xkey is its public key")
