@@ -3,7 +3,9 @@ package bridge
 import (
 	"encoding/base64"
 	"slices"
+	"strconv"
 	"sync"
+	"time"
 	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
@@ -17,9 +19,29 @@ type Msg struct {
 	Header  map[string][]string
 	Data    []byte
 
+	// Stored is set on messages of a JetStream subscription (a pointer, so
+	// core messages stay as small as they were).
+	Stored *Stored
+
 	once sync.Once
 	obj  []byte
 	wire int // WireSize, for delivered messages
+}
+
+// Stored is where a stream keeps a message: the stream, the message's
+// stream sequence and when the stream stored it.
+type Stored struct {
+	Stream string
+	Seq    uint64
+	Time   time.Time
+}
+
+// Seq is the message's stream sequence, or 0 for a core message.
+func (m *Msg) Seq() uint64 {
+	if m.Stored == nil {
+		return 0
+	}
+	return m.Stored.Seq
 }
 
 func fromNATS(m *nats.Msg) *Msg {
@@ -61,7 +83,8 @@ func (m *Msg) size() int {
 }
 
 // JSON returns the message object of the API contract,
-// {"subject":…,"reply":…,"headers":{…},"data"|"data_base64":…}, encoded once
+// {"subject":…,"reply":…,"headers":{…},"data"|"data_base64":…}, with
+// "stream", "seq" and "time" for JetStream messages, encoded once
 // and shared by every subscriber the message goes to. Header names are
 // sorted so the encoding is deterministic.
 func (m *Msg) JSON() []byte {
@@ -108,8 +131,29 @@ func (m *Msg) appendFields(b []byte) []byte {
 		b = base64.StdEncoding.AppendEncode(b, m.Data)
 		b = append(b, '"')
 	}
+	if m.Stored != nil {
+		b = m.Stored.appendFields(b)
+	}
 	return append(b, '}')
 }
+
+// timeLayout is RFC 3339 with nanoseconds, all nine digits always.
+const timeLayout = "2006-01-02T15:04:05.000000000Z07:00"
+
+// appendFields appends a stored message's stream, seq and time fields.
+func (st *Stored) appendFields(b []byte) []byte {
+	b = append(b, `,"stream":`...)
+	b = appendJSONString(b, st.Stream)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, st.Seq, 10)
+	b = append(b, `,"time":"`...)
+	b = st.Time.UTC().AppendFormat(b, timeLayout)
+	return append(b, '"')
+}
+
+// FormatTime formats t as message objects carry times: RFC 3339 in UTC
+// with nanoseconds.
+func FormatTime(t time.Time) string { return t.UTC().Format(timeLayout) }
 
 // JSONFields returns JSON() without its opening brace, so a caller can
 // prefix fields of its own (the WebSocket "op" and "sid").

@@ -55,6 +55,8 @@ func classify(err error) (status int, kind string) {
 		return http.StatusBadRequest, "bad-request"
 	case errors.Is(err, bridge.ErrNoStream):
 		return http.StatusNotFound, "no-stream"
+	case errors.Is(err, bridge.ErrSeveralStreams):
+		return http.StatusBadRequest, "several-streams"
 	case errors.Is(err, bridge.ErrConflict):
 		return http.StatusConflict, "conflict"
 	case errors.Is(err, bridge.ErrJetStreamUnavailable):

@@ -232,7 +232,14 @@ type sseStream struct {
 	lines chan string
 }
 
-func (g *gateway) stream(path, token, accept string) *sseStream {
+// stream opens a streamed subscription; hdr are more request headers,
+// name then value.
+func (g *gateway) stream(path, token, accept string, hdr ...string) *sseStream {
+	g.t.Helper()
+	return g.streamWith(g.client, path, token, accept, hdr...)
+}
+
+func (g *gateway) streamWith(client *http.Client, path, token, accept string, hdr ...string) *sseStream {
 	g.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", g.URL+path, nil)
@@ -240,7 +247,10 @@ func (g *gateway) stream(path, token, accept string) *sseStream {
 	if accept != "" {
 		req.Header.Set("Accept", accept)
 	}
-	resp, err := g.client.Do(req)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
 		g.t.Fatal(err)

@@ -27,6 +27,11 @@ type Metrics struct {
 	stored        *prometheus.CounterVec
 	streamOps     *prometheus.CounterVec
 
+	jsSubscriptions    prometheus.Gauge
+	jsConsumersCreated prometheus.Counter
+	jsConsumersRemoved prometheus.Counter
+	jsPacedWaits       prometheus.Counter
+
 	// series caches request series by reqKey. Keys are bounded: routes
 	// are the router's patterns (or "unmatched"), methods and statuses
 	// are few.
@@ -73,9 +78,22 @@ func newMetrics(b Broker) *Metrics {
 			Name: "natsgate_stream_operations_total",
 			Help: "Stream management operations (op: put, get, list, delete) by status.",
 		}, []string{"op", "status"}),
+		jsSubscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "natsgate_jetstream_subscriptions", Help: "Open JetStream subscriptions of clients (WebSocket and streams), each with a consumer.",
+		}),
+		jsConsumersCreated: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natsgate_jetstream_consumers_created_total", Help: "JetStream consumers created for client subscriptions.",
+		}),
+		jsConsumersRemoved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natsgate_jetstream_consumers_removed_total", Help: "JetStream consumers removed when their subscription ended.",
+		}),
+		jsPacedWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "natsgate_jetstream_paced_waits_total", Help: "Times a JetStream subscription waited for its client's queue to drain before pulling more.",
+		}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
 		m.slowClosed, m.authFailures, m.stored, m.streamOps,
+		m.jsSubscriptions, m.jsConsumersCreated, m.jsConsumersRemoved, m.jsPacedWaits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"errors"
 	"sync"
 	"time"
 
@@ -32,6 +33,9 @@ const maxKeptCap = 256
 //   - messages from subscriptions, pushed by NATS callbacks that must never
 //     block: past limit bytes they are dropped and counted, so a client that
 //     cannot keep up costs at most limit bytes;
+//   - messages from JetStream subscriptions, which are stored and so are
+//     never dropped: their producer waits for room instead (pushPaced),
+//     which paces the pull from the consumer to the client's reading;
 //   - control frames (acknowledgements, replies, pongs) that must not be
 //     lost: past limit bytes their producers wait (backpressure on the
 //     client's own reads and requests).
@@ -112,6 +116,63 @@ func (o *outbox) push(prefix []byte, m *bridge.Msg) {
 	o.items = append(o.items, outItem{prefix: prefix, msg: m, size: size})
 	o.bytes += size
 	o.unlockWaking()
+}
+
+// Why pushPaced gave up.
+var (
+	errOutboxClosed = errors.New("outbox closed")
+	errPushStopped  = errors.New("subscription stopped")
+	// errStalled: the client took nothing from its queue for the slow
+	// consumer grace.
+	errStalled = errors.New("client stalled")
+)
+
+// pushPaced queues a message of a JetStream subscription, waiting while
+// the message lane is at its bound until the writer takes (the client
+// is reading), stop is closed, or the writer has taken nothing for grace
+// (errStalled). waits counts the pushes that had to wait.
+func (o *outbox) pushPaced(prefix []byte, m *bridge.Msg, grace time.Duration, stop <-chan struct{}, waits prometheus.Counter) error {
+	size := itemSize(m)
+	var timer *time.Timer
+	for {
+		o.mu.Lock()
+		if o.closed {
+			o.mu.Unlock()
+			return errOutboxClosed
+		}
+		if o.bytes+size <= o.limit || len(o.items) == 0 {
+			if o.items == nil {
+				o.items = make([]outItem, 0, 16)
+			}
+			o.items = append(o.items, outItem{prefix: prefix, msg: m, size: size})
+			o.bytes += size
+			o.unlockWaking()
+			if timer != nil {
+				timer.Stop()
+			}
+			return nil
+		}
+		if o.space == nil {
+			o.space = make(chan struct{})
+		}
+		space := o.space
+		o.mu.Unlock()
+		if timer == nil {
+			timer = time.NewTimer(grace)
+			waits.Inc()
+		}
+		select {
+		case <-space:
+			// The writer took: the client is reading. The grace counts
+			// from the last take.
+			timer.Reset(grace)
+		case <-stop:
+			timer.Stop()
+			return errPushStopped
+		case <-timer.C:
+			return errStalled
+		}
+	}
 }
 
 // noteDropped counts n messages lost before they reached the outbox (the

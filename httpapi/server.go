@@ -42,10 +42,12 @@ type Config struct {
 	// lines and WebSocket pings. Zero means 15 s.
 	KeepAlive time.Duration
 	// QueueBytes bounds each stream's and session's outbound queue. Past
-	// it, messages are dropped and the client told. Zero means 1 MiB.
+	// it, messages of core subscriptions are dropped and the client told;
+	// JetStream subscriptions wait for room instead. Zero means 1 MiB.
 	QueueBytes int
 	// SlowConsumerGrace is how long a client may keep overflowing its
-	// queue before it is closed. Zero means 5 s.
+	// queue, or leave a JetStream subscription waiting for room, before it
+	// is closed. Zero means 5 s.
 	SlowConsumerGrace time.Duration
 	// WriteTimeout bounds each write to a streaming client; a client that
 	// takes longer is closed. Zero means 10 s.

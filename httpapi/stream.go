@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -48,6 +49,10 @@ type sseFormat struct{}
 func (sseFormat) contentType() string { return "text/event-stream" }
 func (sseFormat) name() string        { return "sse" }
 func (sseFormat) appendMsg(b []byte, m *bridge.Msg) []byte {
+	if m.Stored != nil { // a JetStream message: its seq is the event's id, for Last-Event-ID
+		b = strconv.AppendUint(append(b, "id: "...), m.Stored.Seq, 10)
+		b = append(b, '\n')
+	}
 	b = append(b, "data: "...)
 	b = append(b, m.JSON()...)
 	return append(b, "\n\n"...)
@@ -79,7 +84,9 @@ func wantsNDJSON(accept string) bool {
 
 // handleSubscribe handles "GET /v1/subscribe/{subject}": a subscription
 // streamed as Server-Sent Events or NDJSON until the client leaves, the
-// token's connection closes or the gateway shuts down.
+// token's connection closes or the gateway shuts down. With a start
+// position (deliver, start_seq, start_time, Last-Event-ID) it is a
+// JetStream subscription, paced to the client instead of dropping.
 func (s *Server) handleSubscribe() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		tok, err := s.bearer(r)
@@ -97,6 +104,10 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		if err != nil {
 			return err
 		}
+		start, resume, err := queryStart(r.URL.Query(), r.Header)
+		if err != nil {
+			return err
+		}
 		var f streamFormat = sseFormat{}
 		if wantsNDJSON(r.Header.Get("Accept")) {
 			f = ndjsonFormat{}
@@ -109,11 +120,39 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		wake := make(chanWaker, 1)
 		box := newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues(f.name()), wake)
 		defer box.close()
-		sub, err := c.Subscribe(r.Context(), subject, queue, &streamSink{o: box}, s.cfg.MaxSubjectLen)
-		if err != nil {
-			return err
+		var ended chan notice // the end of a JetStream subscription's feed
+		if start != nil {
+			feed, err := s.subscribeStream(r.Context(), c, subject, *start)
+			switch {
+			case err == nil:
+				defer feed.Close()
+				ended = make(chan notice, 1)
+				if g := feed.sub.Gap(); g != nil {
+					box.pushCtrl(f.appendNotice(nil, gapNotice(g)))
+				}
+				go s.runFeed(feed, box, nil, func(err error) {
+					status, _ := classify(err)
+					n := errorNotice(status, err.Error())
+					if errors.Is(err, errStalled) {
+						s.metrics.slowClosed.WithLabelValues(f.name()).Inc()
+						n = errorNotice(http.StatusTooManyRequests, stalledMessage(s.cfg.SlowConsumerGrace))
+					}
+					box.close()
+					ended <- n
+				})
+			case resume && (errors.Is(err, bridge.ErrNoStream) || errors.Is(err, bridge.ErrJetStreamUnavailable)):
+				start = nil // Last-Event-ID alone, and no stream holds the subject
+			default:
+				return err
+			}
 		}
-		defer sub.Close()
+		if start == nil {
+			sub, err := c.Subscribe(r.Context(), subject, queue, &streamSink{o: box}, s.cfg.MaxSubjectLen)
+			if err != nil {
+				return err
+			}
+			defer sub.Close()
+		}
 		status := make(chan bridge.Status, 8)
 		stop := c.Watch(func(st bridge.Status) {
 			select {
@@ -136,14 +175,16 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		h.Set("Cache-Control", "no-cache")
 		h.Set("X-Accel-Buffering", "no")
 		w.WriteHeader(http.StatusOK)
-		s.pumpStream(w, r, c, f, box, wake, status)
+		s.pumpStream(w, r, c, f, box, wake, status, ended)
 		return nil
 	})
 }
 
 // pumpStream writes a stream until it ends. Every write has a deadline, so
-// a stalled client is dropped rather than holding the writer.
-func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Conn, f streamFormat, box *outbox, wake <-chan struct{}, status <-chan bridge.Status) {
+// a stalled client is dropped rather than holding the writer. A notice
+// from ended (a JetStream feed that stopped) is the stream's last.
+func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Conn, f streamFormat, box *outbox, wake <-chan struct{}, status <-chan bridge.Status,
+	ended <-chan notice) {
 	rc := http.NewResponseController(w)
 	write := func(b []byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
@@ -173,6 +214,8 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Co
 			buf, end = f.appendNotice(buf, statusNotice("gateway", "shutting down")), true
 		case <-c.Done():
 			buf, end = f.appendNotice(buf, closedNotice(c)), true
+		case n := <-ended:
+			buf, end = f.appendNotice(buf, n), true
 		case st := <-status:
 			buf = f.appendNotice(buf, statusNotice("nats", st.String()))
 		case <-keepAlive.C:
@@ -182,6 +225,9 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Co
 			for !end {
 				if b, ok = box.take(b); !ok {
 					break
+				}
+				for _, c := range b.ctrl { // notices, formatted
+					buf = append(buf, c...)
 				}
 				for _, it := range b.items {
 					buf = f.appendMsg(buf, it.msg)

@@ -80,6 +80,11 @@ type frame struct {
 	ID        string `json:"id"`
 	Queue     string `json:"queue"`
 	TimeoutMS *int64 `json:"timeout_ms"`
+	// A sub's start position, which makes it a JetStream subscription;
+	// raw, so a wrong type is an error frame, not a malformed frame.
+	Deliver   json.RawMessage `json:"deliver"`
+	StartSeq  json.RawMessage `json:"start_seq"`
+	StartTime json.RawMessage `json:"start_time"`
 	wireMsg
 }
 
@@ -206,7 +211,7 @@ type session struct {
 
 	out      *outbox
 	inflight atomic.Int32
-	subs     map[string]*bridge.Subscription // by sid; reader goroutine only
+	subs     map[string]interface{ Close() } // core and JetStream subscriptions by sid; reader goroutine only
 	pingAt   atomic.Int64                    // unix ns of the next keep-alive ping; 0 while one is under way or before connect
 }
 
@@ -408,15 +413,56 @@ func (ss *session) sub(f *frame) {
 		ss.reply(f, fmt.Errorf("%w: at most %d subscriptions per session", errTooMany, s.cfg.WS.MaxSubscriptions))
 		return
 	}
+	start, err := frameStart(f)
+	if err != nil {
+		ss.reply(f, err)
+		return
+	}
+	if start != nil {
+		ss.subStream(f, *start)
+		return
+	}
 	sub, err := ss.conn.Subscribe(ss.context(), f.Subject, f.Queue, newWSSink(ss.out, f.Sid), s.cfg.MaxSubjectLen)
 	if err == nil {
-		if ss.subs == nil {
-			ss.subs = make(map[string]*bridge.Subscription)
-		}
-		ss.subs[f.Sid] = sub
-		s.metrics.subscriptions.Inc()
+		ss.addSub(f.Sid, sub)
 	}
 	ss.reply(f, err)
+}
+
+func (ss *session) addSub(sid string, sub interface{ Close() }) {
+	if ss.subs == nil {
+		ss.subs = make(map[string]interface{ Close() })
+	}
+	ss.subs[sid] = sub
+	ss.s.metrics.subscriptions.Inc()
+}
+
+// subStream starts a JetStream subscription: ok, then the gap notice if
+// any, then its messages, paced to the session's reading. A session that
+// reads nothing for SlowConsumerGrace is closed with 1008.
+func (ss *session) subStream(f *frame, start bridge.Start) {
+	s := ss.s
+	feed, err := s.subscribeStream(ss.context(), ss.conn, f.Subject, start)
+	if err != nil {
+		ss.reply(f, err)
+		return
+	}
+	ss.addSub(f.Sid, feed)
+	ss.reply(f, nil)
+	if g := feed.sub.Gap(); g != nil {
+		b := append(append([]byte(`{"op":"status","sid":"`), f.Sid...), `","gap":`...)
+		ss.out.pushCtrl(append(gapJSON(b, g), '}'))
+	}
+	sid := f.Sid
+	go s.runFeed(feed, ss.out, newWSSink(ss.out, sid).prefix, func(err error) {
+		if errors.Is(err, errStalled) {
+			s.metrics.slowClosed.WithLabelValues("ws").Inc()
+			ss.out.close()
+			ss.ws.Close(websocket.StatusPolicyViolation, stalledMessage(s.cfg.SlowConsumerGrace))
+			return
+		}
+		ss.reply(&frame{Op: "sub", Sid: sid}, err)
+	})
 }
 
 func (ss *session) unsub(f *frame) {

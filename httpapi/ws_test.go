@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -92,8 +93,9 @@ func (w *wsClient) sendRaw(s string) {
 	}
 }
 
-// next returns the next frame with the given op (skipping status frames).
-func (w *wsClient) next(op string) map[string]any {
+// next returns the next frame with the given op, or one of more ops
+// (skipping status frames).
+func (w *wsClient) next(op string, more ...string) map[string]any {
 	w.t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {
@@ -102,7 +104,7 @@ func (w *wsClient) next(op string) map[string]any {
 			if !ok {
 				w.t.Fatalf("connection closed waiting for %q: %v", op, <-w.done)
 			}
-			if f["op"] == op {
+			if got, _ := f["op"].(string); got == op || slices.Contains(more, got) {
 				return f
 			}
 			if f["op"] != "status" {
