@@ -61,6 +61,9 @@ type gateway struct {
 	logger *slog.Logger
 	logs   *gatewayproc.LogBuffer
 	pool   *bridge.Pool
+	// storeDir is where the embedded server's JetStream keeps streams
+	// (across NATS restarts too); empty: no JetStream.
+	storeDir string
 
 	mu  sync.Mutex
 	e   *bridge.Embedded
@@ -70,9 +73,17 @@ type gateway struct {
 
 func startGateway(t *testing.T, external bool) *gateway {
 	t.Helper()
+	return startGatewayWith(t, external, "")
+}
+
+// startGatewayWith starts a gateway whose embedded server runs JetStream,
+// storing in storeDir, when storeDir is not empty.
+func startGatewayWith(t *testing.T, external bool, storeDir string) *gateway {
+	t.Helper()
 	logs := &gatewayproc.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	e, err := bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: testTokens(), Logger: logger})
+	e, err := bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: testTokens(), Logger: logger,
+		JetStream: storeDir != "", StoreDir: storeDir})
 	if err != nil {
 		t.Fatalf("StartEmbedded: %v", err)
 	}
@@ -86,7 +97,7 @@ func startGateway(t *testing.T, external bool) *gateway {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gateway{t: t, URL: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logger: logger, logs: logs, e: e, pool: bridge.NewPool(cfg)}
+	g := &gateway{t: t, URL: "http://" + ln.Addr().String(), addr: ln.Addr().String(), logger: logger, logs: logs, e: e, pool: bridge.NewPool(cfg), storeDir: storeDir}
 	g.serve(ln)
 	t.Cleanup(func() {
 		g.mu.Lock()
@@ -162,7 +173,8 @@ func (g *gateway) startNATS(hostPort string) {
 	var e *bridge.Embedded
 	var err error
 	for range 50 {
-		if e, err = bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: hostPort, Tokens: testTokens(), Logger: g.logger, ReadyTimeout: 2 * time.Second}); err == nil {
+		if e, err = bridge.StartEmbedded(bridge.EmbeddedConfig{Listen: hostPort, Tokens: testTokens(), Logger: g.logger, ReadyTimeout: 2 * time.Second,
+			JetStream: g.storeDir != "", StoreDir: g.storeDir}); err == nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
