@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -14,8 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
 // The tests in this file hold the browser client's JetStream promises:
@@ -214,6 +218,178 @@ func seqRange(from, to uint64) []uint64 {
 		s = append(s, i)
 	}
 	return s
+}
+
+// procGateway is the gateway as a process of its own (cmd/gateway, built
+// for the test), with fixed ports and a store directory, so that it can
+// be killed and started again with its streams.
+type procGateway struct {
+	t       *testing.T
+	bin     string
+	args    []string
+	addr    string // HTTP host:port
+	natsURL string // the embedded server's native listener
+	log     *gatewayproc.LogBuffer
+
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+func startProcGateway(t *testing.T) *procGateway {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	root, err := gatewayproc.ModuleRoot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := gatewayproc.Build(ctx, root, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	httpPort, err := gatewayproc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	natsPort, err := gatewayproc.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &procGateway{t: t, bin: bin, log: &gatewayproc.LogBuffer{},
+		addr:    "127.0.0.1:" + strconv.Itoa(httpPort),
+		natsURL: "nats://127.0.0.1:" + strconv.Itoa(natsPort)}
+	g.args = []string{"--token", adminToken, "--listen", g.addr, "--nats-listen", "127.0.0.1:" + strconv.Itoa(natsPort),
+		"--store-dir", t.TempDir(), "--log-format", "text", "--shutdown-timeout", "5s"}
+	t.Cleanup(func() {
+		g.kill()
+		if t.Failed() {
+			t.Logf("gateway process log:\n%s", g.log.String())
+		}
+	})
+	g.start()
+	return g
+}
+
+// start runs the gateway and waits until /readyz answers 200.
+func (g *procGateway) start() {
+	g.t.Helper()
+	fmt.Fprintf(g.log, "--- start %s\n", strings.Join(g.args, " "))
+	g.cmd = exec.Command(g.bin, g.args...)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	if err := g.cmd.Start(); err != nil {
+		g.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	g.exited = exited
+	go func() {
+		_ = g.cmd.Wait()
+		close(exited)
+	}()
+	client := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := client.Get("http://" + g.addr + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-exited:
+			g.t.Fatalf("the gateway exited at start:\n%s", g.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("the gateway was not ready within 20 s:\n%s", g.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill ends the process with SIGKILL: no shutdown of any kind.
+func (g *procGateway) kill() {
+	if g.cmd == nil || g.cmd.Process == nil {
+		return
+	}
+	select {
+	case <-g.exited:
+		return
+	default:
+	}
+	_ = g.cmd.Process.Kill()
+	<-g.exited
+	fmt.Fprintf(g.log, "--- killed\n")
+}
+
+// consoleSeqs are the seqs of the console's logged messages, oldest first.
+func (b *browser) consoleSeqs() []uint64 {
+	b.t.Helper()
+	return eval[[]uint64](b, `[...document.querySelectorAll('#log .entry.msg')].map(e => Number(e.dataset.seq)).reverse()`)
+}
+
+// waitConsoleSeqs waits until the console has logged n messages.
+func (b *browser) waitConsoleSeqs(n int) {
+	b.t.Helper()
+	b.waitJS(fmt.Sprintf("%d messages in the console's log", n), `document.querySelectorAll('#log .entry.msg').length >= `+strconv.Itoa(n))
+}
+
+// TestConsoleJetStreamSubscriptionResumesAcrossGatewayRestart is the
+// issue's done-when: a console subscription on a stream keeps receiving,
+// with no gap and no duplicate, across a gateway restart (SIGKILL, then
+// the same binary started again on the same ports and store directory)
+// during which messages were stored natively: a nats.go client publishing
+// to the stream on the embedded server's native listener while the
+// gateway's HTTP side is out of the browser's reach (the proxy in front
+// of it is down from before the kill until after the restart).
+func TestConsoleJetStreamSubscriptionResumesAcrossGatewayRestart(t *testing.T) {
+	g := startProcGateway(t)
+	base := "http://" + g.addr
+	putStream(t, base, "ORDERS", `{"subjects":["orders.>"],"storage":"file"}`)
+	for i := 1; i <= 3; i++ {
+		storeHTTP(t, base, "orders.eu", fmt.Sprintf("stored %d over HTTP", i))
+	}
+	p := startProxy(t, g.addr)
+	b := newBrowser(t)
+	b.openAt(p.URL)
+	eval[bool](b, spyJS)
+	b.connect(adminToken)
+	b.do("choosing deliver all", chromedp.SetValue(chromedp.ID("sub-deliver"), "all"))
+	b.subscribe("orders.>")
+	b.waitConsoleSeqs(3)
+	b.waitJS("the subscription listed as JetStream", `document.querySelector('#subs li[data-jetstream="true"]').innerText.includes('deliver all')`)
+	b.waitJS("seq shown on each message", `[...document.querySelectorAll('#log .entry.msg .seq')].map(e => e.textContent).join() === 'seq 3,seq 2,seq 1'`)
+
+	p.down()
+	b.waitNotice("gateway disconnected")
+	before := storeNative(t, g.natsURL, "orders.eu", "native 1, gateway up", "native 2, gateway up")
+	g.kill()
+	g.start()
+	after := storeNative(t, g.natsURL, "orders.us", "native 3, gateway restarted", "native 4, gateway restarted")
+	if want := []uint64{4, 5, 6, 7}; !slices.Equal(append(before, after...), want) {
+		t.Fatalf("native publishes stored at seqs %v %v, want %v (the store did not survive the kill?)", before, after, want)
+	}
+	p.up()
+	b.waitNotice("resubscribed orders.>")
+	b.waitConsoleSeqs(7)
+	if seq := storeHTTP(t, base, "orders.eu", "stored 8 over HTTP, after"); seq != 8 {
+		t.Fatalf("the next stored publish got seq %d, want 8", seq)
+	}
+	b.waitConsoleSeqs(8)
+	time.Sleep(300 * time.Millisecond) // a duplicate, were one coming, would be in by now
+	if got, want := b.consoleSeqs(), seqRange(1, 8); !slices.Equal(got, want) {
+		t.Fatalf("the console logged seqs %v, want %v: each stored message once, in order%s", got, want, b.dump())
+	}
+	b.waitLog("orders.eu", "native 1, gateway up")
+	b.waitLog("orders.us", "native 4, gateway restarted")
+	w := b.wire()
+	resumes := checkResumes(t, w, "s1", "all")
+	if !slices.Contains(resumes, 4) {
+		t.Errorf("no resubscription from start_seq 4 after the restart: %v", resumes)
+	}
+	if n := eval[int](b, `document.querySelectorAll('#errors li').length`); n != 0 {
+		t.Errorf("errors shown%s", b.dump())
+	}
 }
 
 // jsClient loads client.js with the spy into a page at origin and
@@ -457,6 +633,50 @@ func TestJSPublishFromClient(t *testing.T) {
 	if string(m2.Data) != "\x00\xff\x01" {
 		t.Errorf("seq 2: %q, want the bytes 00 ff 01", m2.Data)
 	}
+}
+
+// TestConsoleJetStreamFromSeqAndStoredPublish: the console subscribes
+// from a start seq, shows each message's seq, and stores a message with
+// the publish form's "stored" box, showing the acknowledgement.
+func TestConsoleJetStreamFromSeqAndStoredPublish(t *testing.T) {
+	g := startGatewayWith(t, false, t.TempDir())
+	putStream(t, g.URL, "ORDERS", `{"subjects":["orders.>"],"storage":"file"}`)
+	for i := 1; i <= 4; i++ {
+		storeHTTP(t, g.URL, "orders.eu", fmt.Sprintf("order %d", i))
+	}
+	b := newBrowser(t)
+	b.openConsole(g)
+	b.connect(adminToken)
+	b.do("choosing from seq", chromedp.SetValue(chromedp.ID("sub-deliver"), "start_seq"))
+	eval[bool](b, `document.getElementById('sub-deliver').dispatchEvent(new Event('change'))`)
+	if eval[bool](b, `document.getElementById('sub-seq').disabled || !document.getElementById('sub-queue').disabled`) {
+		t.Fatalf("with 'from seq' chosen, the seq input is disabled or the queue input enabled")
+	}
+	b.do("entering seq 3", chromedp.SetValue(chromedp.ID("sub-seq"), "3"))
+	b.subscribe("orders.>")
+	b.waitConsoleSeqs(2)
+	b.waitJS("the subscription listed from seq 3", `document.querySelector('#subs li[data-jetstream="true"]').innerText.includes('from seq 3')`)
+
+	b.do("storing from the publish form",
+		chromedp.SetValue(chromedp.ID("pub-subject"), "orders.eu"),
+		chromedp.SetValue(chromedp.ID("pub-data"), "stored from the console"),
+		chromedp.Click(chromedp.ID("pub-stored")),
+		chromedp.SetValue(chromedp.ID("pub-msgid"), "console-1"),
+		chromedp.Click(chromedp.ID("pub-send")))
+	b.waitJS("the acknowledgement", `document.getElementById('pub-result').textContent.includes('stored in ORDERS seq 5')`)
+	b.waitLog("orders.eu", "stored from the console")
+	b.do("storing it again", chromedp.Click(chromedp.ID("pub-send")))
+	b.waitJS("the duplicate", `document.getElementById('pub-result').textContent.includes('seq 5 (duplicate')`)
+	if got, want := b.consoleSeqs(), seqRange(3, 5); !slices.Equal(got, want) {
+		t.Fatalf("console seqs %v, want %v%s", got, want, b.dump())
+	}
+	if got := eval[string](b, `document.querySelector('#log .entry.msg[data-seq="5"] .seq').textContent`); got != "seq 5" {
+		t.Errorf("seq shown as %q", got)
+	}
+
+	// No stream for the subject: the subscription is refused with 404.
+	b.do("subscribing without a stream", chromedp.SetValue(chromedp.ID("sub-subject"), "nostream.>"), chromedp.Click(chromedp.ID("sub-add")))
+	b.waitJS("the 404", `document.getElementById('errors').textContent.includes('404')`)
 }
 
 // TestJSClientRetriesResubscriptionUntilNATSIsBack: the gateway restarts
