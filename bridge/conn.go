@@ -74,6 +74,9 @@ type Conn struct {
 	jsAvail jsProbe             // see jetStreamAvailable
 	acks    ackRouter           // stored publishes awaiting their stream's acknowledgement
 
+	jsmu       sync.Mutex
+	streamSubs map[*StreamSubscription]struct{} // open JetStream subscriptions, for Pool.Close
+
 	smu    sync.Mutex
 	subs   map[string]*sharedSub             // plain (no queue) subscriptions by subject
 	byNATS map[*nats.Subscription]*sharedSub // every subscription, for slow-consumer reports
@@ -85,14 +88,15 @@ type Conn struct {
 
 func newConn(p *Pool, key TokenKey) *Conn {
 	c := &Conn{
-		pool:      p,
-		key:       key,
-		name:      key.String(),
-		dialed:    make(chan struct{}),
-		done:      make(chan struct{}),
-		subs:      make(map[string]*sharedSub),
-		byNATS:    make(map[*nats.Subscription]*sharedSub),
-		listeners: make(map[*func(Status)]struct{}),
+		pool:       p,
+		key:        key,
+		name:       key.String(),
+		dialed:     make(chan struct{}),
+		done:       make(chan struct{}),
+		subs:       make(map[string]*sharedSub),
+		streamSubs: make(map[*StreamSubscription]struct{}),
+		byNATS:     make(map[*nats.Subscription]*sharedSub),
+		listeners:  make(map[*func(Status)]struct{}),
 	}
 	c.perms.init()
 	return c

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,7 +87,8 @@ type StreamSubscription struct {
 	cons   jetstream.Consumer
 	it     jetstream.MessagesContext
 
-	stopped   atomic.Bool
+	stopped   chan struct{} // closed by Stop
+	closed    chan struct{} // closed once Close has removed the consumer
 	stopOnce  sync.Once
 	closeOnce sync.Once
 }
@@ -151,7 +151,7 @@ func (c *Conn) SubscribeStream(ctx context.Context, subject string, start Start,
 		slices.Sort(names)
 		return nil, fmt.Errorf("%w: %q is held by streams %s; subscribe to a subject within one of them", ErrSeveralStreams, subject, strings.Join(names, ", "))
 	}
-	s := &StreamSubscription{c: c, stream: info.Config.Name}
+	s := &StreamSubscription{c: c, stream: info.Config.Name, stopped: make(chan struct{}), closed: make(chan struct{})}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive}
 	switch {
 	case start.Seq != 0:
@@ -188,6 +188,9 @@ func (c *Conn) SubscribeStream(ctx context.Context, subject string, start Start,
 		return nil, mapJSError(err)
 	}
 	c.refs.Add(1) // the connection stays until Close has removed the consumer
+	c.jsmu.Lock()
+	c.streamSubs[s] = struct{}{}
+	c.jsmu.Unlock()
 	return s, nil
 }
 
@@ -228,11 +231,11 @@ func (s *StreamSubscription) Gap() *Gap { return s.gap }
 // Only the subscription's owner calls it.
 func (s *StreamSubscription) Next() (*Msg, error) {
 	for {
-		if s.stopped.Load() {
+		if s.isStopped() {
 			return nil, ErrClosed
 		}
 		jm, err := s.it.Next()
-		if err == nil && s.stopped.Load() {
+		if err == nil && s.isStopped() {
 			return nil, ErrClosed
 		}
 		if err != nil {
@@ -267,8 +270,23 @@ func (s *StreamSubscription) Next() (*Msg, error) {
 func (s *StreamSubscription) Stop() {
 	// nats.go holds the consumer's lock while it recreates the consumer
 	// after a reconnect, with retries: stopping must not wait for that.
-	s.stopped.Store(true)
-	s.stopOnce.Do(func() { go s.it.Stop() })
+	s.stopOnce.Do(func() {
+		close(s.stopped)
+		go s.it.Stop()
+	})
+}
+
+// Stopped is closed when Stop is called: by the owner, or by the pool
+// closing. An owner waiting for anything else should wait for it too.
+func (s *StreamSubscription) Stopped() <-chan struct{} { return s.stopped }
+
+func (s *StreamSubscription) isStopped() bool {
+	select {
+	case <-s.stopped:
+		return true
+	default:
+		return false
+	}
 }
 
 // Close stops the subscription and removes its consumer from the stream.
@@ -277,11 +295,47 @@ func (s *StreamSubscription) Stop() {
 func (s *StreamSubscription) Close() error {
 	var err error
 	s.closeOnce.Do(func() {
-		s.it.Stop()
+		s.Stop()
+		s.it.Stop() // now, so no message is pulled for the consumer about to go
 		err = s.deleteConsumer()
-		s.c.pool.release(s.c)
+		c := s.c
+		c.jsmu.Lock()
+		delete(c.streamSubs, s)
+		c.jsmu.Unlock()
+		close(s.closed)
+		c.pool.release(c)
 	})
 	return err
+}
+
+// endStreams stops the connection's JetStream subscriptions and waits
+// until their owners have removed the consumers, or ctx ends, or
+// ConfirmTimeout passes: before a connection is drained, so that a
+// gateway shutting down leaves no consumers behind.
+func (c *Conn) endStreams(ctx context.Context) {
+	c.jsmu.Lock()
+	subs := make([]*StreamSubscription, 0, len(c.streamSubs))
+	for s := range c.streamSubs {
+		subs = append(subs, s)
+	}
+	c.jsmu.Unlock()
+	if len(subs) == 0 {
+		return
+	}
+	for _, s := range subs {
+		s.Stop()
+	}
+	timer := time.NewTimer(c.pool.cfg.ConfirmTimeout)
+	defer timer.Stop()
+	for _, s := range subs {
+		select {
+		case <-s.closed:
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 func (s *StreamSubscription) deleteConsumer() error {

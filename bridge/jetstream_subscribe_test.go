@@ -200,3 +200,48 @@ func TestStreamSubscriptionRefusals(t *testing.T) {
 		})
 	}
 }
+
+// TestPoolCloseRemovesConsumers closes the pool under open JetStream
+// subscriptions, as a gateway shutting down does: their owners see Next
+// fail, and by the time Close returns the consumers are gone.
+func TestPoolCloseRemovesConsumers(t *testing.T) {
+	t.Parallel()
+	e, js, st := startJetStream(t)
+	publishStored(t, js, "orders.eu", 1, 3)
+	p := NewPool(Config{Server: e})
+	c, err := p.Acquire(context.Background(), adminToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	owners := make(chan error, 5)
+	for range 5 {
+		sub, err := c.SubscribeStream(context.Background(), "orders.>", Start{Deliver: DeliverAll}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() { // an owner, as the gateway's feeds are, slow to finish
+			var err error
+			for err == nil {
+				_, err = sub.Next()
+			}
+			time.Sleep(100 * time.Millisecond)
+			_ = sub.Close()
+			owners <- err
+		}()
+	}
+	c.Release()
+	if n := consumers(t, st); n != 5 {
+		t.Fatalf("%d consumers, want 5", n)
+	}
+	if err := p.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := consumers(t, st); n != 0 {
+		t.Fatalf("%d consumers left after Pool.Close", n)
+	}
+	for range 5 {
+		if err := <-owners; !errors.Is(err, ErrClosed) {
+			t.Fatalf("owner's Next ended with %v, want ErrClosed", err)
+		}
+	}
+}

@@ -477,9 +477,11 @@ func hostPort(u string) (string, error) {
 	return pu.Host, nil
 }
 
-// Close drains every connection (subscriptions stop, pending publishes
-// are flushed) and waits until they are closed or ctx ends, then closes
-// what is left. Acquire fails afterwards.
+// Close ends JetStream subscriptions (waiting, within ctx and
+// ConfirmTimeout, for their consumers to be removed), drains every
+// connection (subscriptions stop, pending publishes are flushed) and
+// waits until they are closed or ctx ends, then closes what is left.
+// Acquire fails afterwards.
 func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Lock()
 	if p.closed {
@@ -496,6 +498,13 @@ func (p *Pool) Close(ctx context.Context) error {
 	p.mu.Unlock()
 	close(p.stop)
 	<-p.reaped
+	// JetStream subscriptions first: their consumers are removed through
+	// the connections about to drain.
+	var wg sync.WaitGroup
+	for _, c := range all {
+		wg.Go(func() { c.endStreams(ctx) })
+	}
+	wg.Wait()
 	for _, c := range all {
 		if err := c.nc.Drain(); err != nil {
 			c.nc.Close()

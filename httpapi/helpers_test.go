@@ -60,6 +60,7 @@ type gatewayOptions struct {
 	tokens    []bridge.Token
 	external  bool // reach the embedded server over TCP, as --nats-url would
 	jetstream bool
+	storeDir  string // with jetstream: where streams are kept; empty: a directory of the test's own
 }
 
 // withJetStream runs the test gateway's embedded server with JetStream,
@@ -77,7 +78,10 @@ func startGateway(t testing.TB, opts ...func(*gatewayOptions)) *gateway {
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ecfg := bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: o.tokens, Logger: logger}
 	if o.jetstream {
-		ecfg.JetStream, ecfg.StoreDir = true, t.TempDir()
+		ecfg.JetStream, ecfg.StoreDir = true, o.storeDir
+		if ecfg.StoreDir == "" {
+			ecfg.StoreDir = t.TempDir()
+		}
 	}
 	e, err := bridge.StartEmbedded(ecfg)
 	if err != nil {

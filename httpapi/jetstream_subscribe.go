@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/natsgate/natsgate/bridge"
@@ -124,12 +123,7 @@ func frameStart(f *frame) (*bridge.Start, error) {
 // room below the outbox's bound (outbox.pushPaced), with at most
 // bridge.PullBatch messages pulled ahead in the NATS client. A client
 // that takes nothing for SlowConsumerGrace ends the feed with errStalled.
-type jsFeed struct {
-	sub      *bridge.StreamSubscription
-	stop     chan struct{}
-	stopOnce sync.Once
-	done     chan struct{}
-}
+type jsFeed struct{ sub *bridge.StreamSubscription }
 
 // subscribeStream starts a JetStream subscription for a client. The
 // caller queues the gap notice, if any, then starts the feed with runFeed.
@@ -140,14 +134,13 @@ func (s *Server) subscribeStream(ctx context.Context, c *bridge.Conn, subject st
 	}
 	s.metrics.jsConsumersCreated.Inc()
 	s.metrics.jsSubscriptions.Inc()
-	return &jsFeed{sub: sub, stop: make(chan struct{}), done: make(chan struct{})}, nil
+	return &jsFeed{sub: sub}, nil
 }
 
 // runFeed feeds box, each message after prefix, until the feed is closed
 // or the client goes; then it removes the consumer. end is called when
 // the feed ends by itself: errStalled, or a NATS error.
 func (s *Server) runFeed(feed *jsFeed, box *outbox, prefix []byte, end func(error)) {
-	defer close(feed.done)
 	defer func() {
 		if err := feed.sub.Close(); err != nil {
 			s.logger.Info("JetStream consumer not removed; the server drops it once inactive", "stream", feed.sub.Stream(), "err", err)
@@ -158,7 +151,7 @@ func (s *Server) runFeed(feed *jsFeed, box *outbox, prefix []byte, end func(erro
 	for {
 		m, err := feed.sub.Next()
 		if err == nil {
-			err = box.pushPaced(prefix, m, s.cfg.SlowConsumerGrace, feed.stop, s.metrics.jsPacedWaits)
+			err = box.pushPaced(prefix, m, s.cfg.SlowConsumerGrace, feed.sub.Stopped(), s.metrics.jsPacedWaits)
 		}
 		switch {
 		case err == nil:
@@ -172,12 +165,7 @@ func (s *Server) runFeed(feed *jsFeed, box *outbox, prefix []byte, end func(erro
 }
 
 // Close ends the feed; its goroutine removes the consumer and exits.
-func (f *jsFeed) Close() {
-	f.stopOnce.Do(func() {
-		close(f.stop)
-		f.sub.Stop()
-	})
-}
+func (f *jsFeed) Close() { f.sub.Stop() }
 
 // gapJSON is a gap notice's "gap" object.
 func gapJSON(b []byte, g *bridge.Gap) []byte {
