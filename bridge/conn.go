@@ -67,12 +67,16 @@ type Conn struct {
 	inFlight   int
 	roundTrips atomic.Int64 // confirmation round trips made
 
-	perms permissionLog
+	perms    permissionLog
+	logLimit logLimiter
 
 	jsOnce  sync.Once
 	jsh     jetstream.JetStream // see js
 	jsAvail jsProbe             // see jetStreamAvailable
 	acks    ackRouter           // stored publishes awaiting their stream's acknowledgement
+
+	kvmu sync.Mutex
+	kvs  map[string]jetstream.KeyValue // bucket handles, see kvCall
 
 	jsmu       sync.Mutex
 	streamSubs map[*StreamSubscription]struct{} // open JetStream subscriptions, for Pool.Close
@@ -99,6 +103,7 @@ func newConn(p *Pool, key TokenKey) *Conn {
 		listeners:  make(map[*func(Status)]struct{}),
 	}
 	c.perms.init()
+	c.logLimit.init(asyncLogEvery)
 	return c
 }
 
@@ -352,22 +357,17 @@ func (c *Conn) flush() error {
 	if err := c.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("%w: NATS did not confirm: %v", ErrUnavailable, err)
 	}
-	// -ERR lines the server sent before its PONG were parsed before the
-	// flush returned, but reach our error handler on nats.go's callback
-	// goroutine; wait until it has seen the last one.
-	if last := c.nc.LastError(); last != nil && errors.Is(last, nats.ErrPermissionViolation) {
-		if !c.perms.waitSeen(ctx, last) {
-			return fmt.Errorf("%w: NATS permission errors were not processed in time", ErrUnavailable)
-		}
-	}
+	// Every -ERR the server sent before its PONG was recorded by the
+	// connection's errTap before nats.go parsed the PONG.
 	return nil
 }
 
-// onAsyncError is the connection's nats.ErrorHandler.
+// onAsyncError is the connection's nats.ErrorHandler. Permission
+// violations were already recorded by the errTap; what else comes is
+// logged, at most once per kind every asyncLogEvery.
 func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 	switch {
 	case errors.Is(err, nats.ErrPermissionViolation):
-		c.perms.record(err, c.muxSubject())
 	case errors.Is(err, nats.ErrSlowConsumer):
 		if sub == nil {
 			return
@@ -378,10 +378,15 @@ func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 		if ss != nil {
 			ss.reportDropped(sub)
 		}
-		c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription and NATS messages were dropped",
-			"token", c.name, "subject", sub.Subject)
+		if ok, suppressed := c.logLimit.allow("slow consumer " + sub.Subject); ok {
+			c.pool.cfg.Logger.Warn("nats slow consumer: the gateway fell behind a subscription and NATS messages were dropped",
+				append([]any{"token", c.name, "subject", sub.Subject}, suppressedAttr(suppressed)...)...)
+		}
 	default:
-		c.pool.cfg.Logger.Info("nats async error", "token", c.name, "err", err)
+		if ok, suppressed := c.logLimit.allow(err.Error()); ok {
+			c.pool.cfg.Logger.Info("nats async error",
+				append([]any{"token", c.name, "err", err}, suppressedAttr(suppressed)...)...)
+		}
 	}
 }
 

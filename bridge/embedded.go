@@ -182,7 +182,9 @@ func (e *Embedded) TokenName(key TokenKey) (string, bool) {
 // disconnects every client, native or the gateway's own, whose token was
 // removed or had its entry changed: they reconnect under the new rules or
 // are refused. It returns the names affected and the keys of their tokens
-// seen so far, for Pool.Forget.
+// seen so far, for Pool.Forget. A check under way meanwhile is decided
+// by the new tokens, or, if it was decided just before, its client is
+// among those disconnected and its key among those returned.
 func (e *Embedded) SetTokens(tokens []Token) ([]string, []TokenKey, error) {
 	if e.auth == nil {
 		return nil, nil, errors.New("the embedded server does not use gateway tokens")

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -137,6 +138,75 @@ func FuzzParseViolation(f *testing.F) {
 		v, ok := parseViolation(s)
 		if ok && (v.kind < denyPublish || v.kind > denySubscribe) {
 			t.Fatalf("%q parsed as kind %d", s, v.kind)
+		}
+	})
+}
+
+// FuzzErrTap builds a valid server-to-client stream from script (one frame
+// per byte: messages whose headers and payloads are taken from payload,
+// which may read like -ERR lines, real permission violations, other
+// control lines), feeds it to an errTap in chunks whose sizes come from
+// cuts, and checks that exactly the real violations were recorded, in
+// order. It also feeds payload itself to a tap as raw bytes: whatever they
+// are, the tap must not panic nor keep more than maxTapLine of a line.
+func FuzzErrTap(f *testing.F) {
+	f.Add([]byte{0, 2, 1, 4, 3, 0, 5, 6, 7, 2}, fakeDeny, []byte{1, 7, 200, 3})
+	f.Add([]byte{1, 1, 2, 2, 0}, "NATS/1.0\r\nX: "+fakeDeny+"\r\n", []byte{13})
+	f.Add([]byte{7, 0, 0, 2}, "\r\n-ERR 'Permissions Violation for Subscription to \"x\" using queue \"q\"'\r\nPONG\r\n", []byte{255, 1})
+	f.Add([]byte{0, 8, 16}, "", []byte{})
+	f.Add([]byte{2, 3, 10, 11}, "MSG noise 1 99\r\n", []byte{2, 2, 2})
+	f.Add([]byte{}, realStream, []byte{5})
+	f.Fuzz(func(t *testing.T, script []byte, payload string, cuts []byte) {
+		if len(script) > 32 || len(payload) > 4096 {
+			return
+		}
+		var stream strings.Builder
+		var want []violation
+		for i, op := range script {
+			part := payload[:int(op)*len(payload)/256]
+			subj := fmt.Sprintf("s%d", i)
+			switch op % 8 {
+			case 0:
+				stream.WriteString(msgFrame("MSG", "noise 1", "", part))
+			case 1:
+				stream.WriteString(msgFrame("HMSG", "noise 1 _INBOX.r", part, payload[len(part):]))
+			case 2:
+				fmt.Fprintf(&stream, "-ERR 'Permissions Violation for Publish to %q'\r\n", subj)
+				want = append(want, violation{kind: denyPublish, subject: subj})
+			case 3:
+				fmt.Fprintf(&stream, "-ERR 'Permissions Violation for Subscription to %q using queue \"q\"'\r\n", subj)
+				want = append(want, violation{kind: denySubscribe, subject: subj, queue: "q"})
+			case 4:
+				stream.WriteString("PING\r\nPONG\r\n")
+			case 5:
+				stream.WriteString("+OK\r\n")
+			case 6:
+				stream.WriteString("-ERR 'Maximum Subscriptions Exceeded'\r\n")
+			case 7:
+				fmt.Fprintf(&stream, "INFO {\"server_id\":%q}\r\n", subj)
+			}
+		}
+		b := []byte(stream.String())
+		l := newTestLog()
+		tap := newErrTap(l)
+		for i := 0; len(b) > 0; i++ {
+			n := len(b)
+			if len(cuts) > 0 {
+				n = min(n, int(cuts[i%len(cuts)])+1)
+			}
+			if err := tap.scan(b[:n]); err != nil {
+				t.Fatalf("scan of a valid stream: %v", err)
+			}
+			b = b[n:]
+		}
+		if got := l.recorded(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("recorded %v, want %v", got, want)
+		}
+
+		raw := newErrTap(newTestLog())
+		_ = raw.scan([]byte(payload))
+		if cap(raw.line) > maxTapLine {
+			t.Fatalf("the tap keeps %d bytes of a line", cap(raw.line))
 		}
 	})
 }

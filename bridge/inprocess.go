@@ -20,8 +20,12 @@ const inProcessBuffer = 256 << 10
 // instead of an authorization error. With the client's writes buffered the
 // same rejection arrives in well under a millisecond as
 // nats.ErrAuthorization (TestWrongTokenIsFast401OnEveryTransport).
+//
+// Reads pass through an errTap that records the permission violations the
+// server reports into perms.
 type inProcess struct {
-	dial func() (net.Conn, error)
+	dial  func() (net.Conn, error)
+	perms *permissionLog
 }
 
 func (p inProcess) InProcessConn() (net.Conn, error) {
@@ -32,7 +36,7 @@ func (p inProcess) InProcessConn() (net.Conn, error) {
 	b := &bufferedConn{Conn: c}
 	b.cond = sync.NewCond(&b.mu)
 	go b.pump()
-	return b, nil
+	return &tapConn{Conn: b, tap: newErrTap(p.perms)}, nil
 }
 
 // bufferedConn is a net.Conn whose Write copies into a bounded buffer that a

@@ -15,36 +15,38 @@ const (
 	denyPublish violationKind = iota + 1
 	denyReply
 	denySubscribe
+	// denyUnknown is a permission violation whose text the gateway could
+	// not read: it refuses whatever it is asked about.
+	denyUnknown
 )
 
 type violation struct {
 	kind           violationKind
-	subject, queue string
+	subject, queue string // for denyUnknown, the server's text
 }
 
-// Sizes of the permission log's rings. A caller that would need a
-// violation older than the ring holds is told ErrForbidden rather than
-// risk a success for a message the server refused.
-const (
-	violationRing = 1024
-	seenRing      = 64
-)
+// violationRing is the size of the permission log's ring. A caller that
+// would need a violation older than the ring holds is told ErrForbidden
+// rather than risk a success for a message the server refused.
+const violationRing = 1024
 
 // permissionLog records the permission violations a connection's server
 // reported, numbered in arrival order, so a publish or subscription can
 // ask "was I refused after I was sent?" once its round trip is confirmed.
 // Same token, same permissions: a violation for a subject applies to every
 // use of that subject on the connection.
+//
+// The connection's errTap records violations as it reads them, before
+// nats.go parses what follows, so once a flush returns every violation the
+// server sent before its PONG is here.
 type permissionLog struct {
 	mu       sync.Mutex
 	n        uint64        // number of the newest recorded violation
 	latest   atomic.Uint64 // n, readable without the lock
 	ring     [violationRing]violation
-	seen     [seenRing]error // the last errors handled, to tell a waiter we caught up
-	seenN    int
-	changed  chan struct{} // closed and replaced at every record
 	watchers map[*watcher]struct{}
-	inbox    string // reply subject the server refused, if it did
+	mux      string // the wildcard subject nats.go receives replies on
+	inbox    string // mux, once the server refused it
 }
 
 type watcher struct {
@@ -61,32 +63,30 @@ func (w *watcher) matches(subject string) bool {
 }
 
 func (l *permissionLog) init() {
-	l.changed = make(chan struct{})
 	l.watchers = make(map[*watcher]struct{})
 }
 
 func (l *permissionLog) seq() uint64 { return l.latest.Load() }
 
-// record notes a permission violation the server reported. mux is the
-// wildcard subject nats.go receives replies on: when that subscription is
-// refused no request on this connection can get a reply.
-func (l *permissionLog) record(err error, mux string) {
-	v, ok := parseViolation(err.Error())
+// setMux names the subject replies arrive on: when the server refuses
+// that subscription no request on this connection can get a reply.
+func (l *permissionLog) setMux(mux string) {
+	l.mu.Lock()
+	l.mux = mux
+	l.mu.Unlock()
+}
+
+// record notes a permission violation the server reported. It runs on the
+// connection's read path, so it never blocks.
+func (l *permissionLog) record(v violation) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.seen[l.seenN%seenRing] = err
-	l.seenN++
-	close(l.changed)
-	l.changed = make(chan struct{})
-	if !ok {
-		return
-	}
 	l.n++
 	l.latest.Store(l.n)
 	l.ring[l.n%violationRing] = v
 	switch {
-	case v.kind == denySubscribe && v.subject == mux:
-		l.inbox = mux
+	case v.kind == denySubscribe && l.mux != "" && v.subject == l.mux:
+		l.inbox = l.mux
 		for w := range l.watchers {
 			w.cancel(l.inboxErrorLocked())
 		}
@@ -96,27 +96,19 @@ func (l *permissionLog) record(err error, mux string) {
 				w.cancel(fmt.Errorf("%w: publish to %q", ErrForbidden, v.subject))
 			}
 		}
+	case v.kind == denyUnknown:
+		for w := range l.watchers {
+			w.cancel(unknownViolation(v))
+		}
 	}
 }
 
-// waitSeen waits until record has handled err.
-func (l *permissionLog) waitSeen(ctx context.Context, err error) bool {
-	for {
-		l.mu.Lock()
-		for _, e := range l.seen {
-			if e == err {
-				l.mu.Unlock()
-				return true
-			}
-		}
-		ch := l.changed
-		l.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return false
-		}
+func unknownViolation(v violation) error {
+	text := v.subject
+	if len(text) > 200 {
+		text = text[:200] + "…"
 	}
+	return fmt.Errorf("%w: NATS refused something on this connection and the gateway could not tell what: %q", ErrForbidden, text)
 }
 
 // find returns the first violation after seq that match accepts.
@@ -127,7 +119,11 @@ func (l *permissionLog) find(seq uint64, match func(violation) error) error {
 		return fmt.Errorf("%w: too many permission violations on this token to tell which", ErrForbidden)
 	}
 	for s := seq + 1; s <= l.n; s++ {
-		if err := match(l.ring[s%violationRing]); err != nil {
+		v := l.ring[s%violationRing]
+		if v.kind == denyUnknown {
+			return unknownViolation(v)
+		}
+		if err := match(v); err != nil {
 			return err
 		}
 	}

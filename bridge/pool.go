@@ -3,6 +3,7 @@ package bridge
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,11 @@ import (
 type Config struct {
 	// URL lists external NATS servers, comma-separated
 	// ("nats://a:4222,nats://b:4222"). Ignored when Server is set.
+	// nats:// and tls:// URLs are accepted; TLS is used when the server
+	// requires it or the URL is tls://, and the certificate is verified
+	// against the URL's host name and the system's roots. ws:// and wss://
+	// are refused: the gateway reads the NATS protocol on its connections
+	// to learn which publishes the server refused (errTap).
 	URL string
 	// Server is the embedded server, reached in-process.
 	Server *Embedded
@@ -59,6 +65,10 @@ type Config struct {
 	StoredInFlight int
 	// Logger receives connection events. Nil discards them.
 	Logger *slog.Logger
+
+	// tlsConfig verifies external servers' certificates; nil means the
+	// system's roots. Tests set it.
+	tlsConfig *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -134,15 +144,9 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		return nil, fmt.Errorf("%w: no token", ErrUnauthorized)
 	}
 	key := KeyOf(token)
-	// The common case: the token's connection exists. A read lock lets
-	// concurrent requests of any token through together.
-	p.mu.RLock()
-	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
-		c.refs.Add(1)
-		p.mu.RUnlock()
+	if c := p.acquireHeld(key); c != nil {
 		return c, nil
 	}
-	p.mu.RUnlock()
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -183,6 +187,20 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 
 		nc, err := p.dial(ctx, token, c)
 		p.mu.Lock()
+		if c.revoked.Load() {
+			// A tokens-file reload removed or changed this token while it
+			// was connecting (Forget): whatever the server decided then,
+			// start over, to be judged by the new tokens.
+			delete(p.conns, key)
+			c.removed = true
+			close(c.dialed) // waiters start over too (dialErr is nil)
+			c.nc = nc
+			p.mu.Unlock()
+			if nc != nil {
+				nc.Close()
+			}
+			continue
+		}
 		if err != nil {
 			delete(p.conns, key)
 			if errors.Is(err, ErrUnauthorized) {
@@ -195,6 +213,7 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, err
 		}
 		c.nc = nc
+		c.perms.setMux(c.muxSubject())
 		c.name = p.tokenName(key) // known once the server has checked the token
 		c.refs.Store(1)
 		c.ready.Store(true)
@@ -203,6 +222,31 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 		p.cfg.Logger.Debug("nats connected", "token", c.name, "server", nc.ConnectedUrlRedacted())
 		return c, nil
 	}
+}
+
+// AcquireHeld is Acquire for a token whose connection the pool already
+// holds, ready: it returns that connection with one more reference, or
+// nil, and never connects. A held connection is one NATS accepted (a
+// token removed by a reload is forgotten), so the edge need not rate-limit
+// it.
+func (p *Pool) AcquireHeld(token string) *Conn {
+	if token == "" {
+		return nil
+	}
+	return p.acquireHeld(KeyOf(token))
+}
+
+// acquireHeld is the common case of Acquire: the token's connection
+// exists. A read lock lets concurrent requests of any token through
+// together.
+func (p *Pool) acquireHeld(key TokenKey) *Conn {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if c := p.conns[key]; c != nil && !p.closed && c.ready.Load() {
+		c.refs.Add(1)
+		return c
+	}
+	return nil
 }
 
 func (p *Pool) tokenName(key TokenKey) string {
@@ -241,15 +285,20 @@ func (p *Pool) dial(ctx context.Context, token string, c *Conn) (*nats.Conn, err
 		nats.ReconnectHandler(func(*nats.Conn) { c.notify(Reconnected) }),
 		nats.ClosedHandler(func(*nats.Conn) { p.onClosed(c) }),
 	}
-	var (
-		nc  *nats.Conn
-		err error
-	)
+	// Every connection's reads pass through an errTap, which records the
+	// permission violations the server reports (see errTap).
+	servers := ""
 	if p.cfg.Server != nil {
-		nc, err = nats.Connect("", append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn}))...)
+		opts = append(opts, nats.InProcessServer(inProcess{dial: p.cfg.Server.s.InProcessConn, perms: &c.perms}))
 	} else {
-		nc, err = nats.Connect(p.cfg.URL, opts...)
+		d, err := newTapDialer(p.cfg.URL, p.cfg.ConnectTimeout, p.cfg.tlsConfig, &c.perms)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		servers = p.cfg.URL
+		opts = append(opts, nats.SetCustomDialer(d), nats.SkipHostLookup())
 	}
+	nc, err := nats.Connect(servers, opts...)
 	switch {
 	case err == nil:
 		return nc, nil
@@ -328,11 +377,18 @@ func (p *Pool) onClosed(c *Conn) {
 
 // Forget closes the connections of the given tokens (after a tokens-file
 // reload removed or changed them); their users see the connection close.
+// A connection still being made is marked, and Acquire then connects
+// afresh, under the new tokens, instead of handing it out.
 func (p *Pool) Forget(keys ...TokenKey) {
 	p.mu.Lock()
 	var victims []*Conn
 	for _, k := range keys {
-		if c := p.conns[k]; c != nil && c.ready.Load() {
+		c := p.conns[k]
+		switch {
+		case c == nil:
+		case !c.ready.Load():
+			c.revoked.Store(true)
+		default:
 			delete(p.conns, k)
 			c.removed = true
 			c.revoked.Store(true)

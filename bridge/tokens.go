@@ -2,12 +2,16 @@ package bridge
 
 import (
 	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
@@ -17,15 +21,37 @@ import (
 	"golang.org/x/crypto/bcrypt"
 )
 
-// TokenKey identifies a token without holding it: its SHA-256. The pool,
-// the authenticator and the logs key tokens by it.
+// TokenKey identifies a token without holding it: its SHA-256. The pool
+// and the authenticator key tokens by it; it stays in memory. Logs show
+// its String, a keyed fingerprint, never the key itself.
 type TokenKey [sha256.Size]byte
 
 // KeyOf returns the key of a token.
 func KeyOf(token string) TokenKey { return sha256.Sum256([]byte(token)) }
 
-// String returns a short fingerprint, safe to log.
-func (k TokenKey) String() string { return "sha256:" + hex.EncodeToString(k[:6]) }
+// fingerprintKey keys token fingerprints. It is drawn at random when the
+// process starts and never leaves it, so a fingerprint in a log line
+// cannot be checked against guessed tokens offline, as an unsalted hash
+// could.
+var fingerprintKey = func() []byte {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // never fails (crypto/rand crashes the program instead)
+	return b
+}()
+
+// String returns the token's fingerprint, safe to log: "fp:" and 12 hex
+// digits (48 bits) of HMAC-SHA256(fingerprintKey, key). It tells one
+// token's log lines from another's within one run of the process; it
+// changes when the process restarts.
+func (k TokenKey) String() string {
+	m := hmac.New(sha256.New, fingerprintKey)
+	m.Write(k[:])
+	return "fp:" + hex.EncodeToString(m.Sum(nil)[:6])
+}
+
+// LogValue logs a key as its fingerprint: slog's JSON handler would
+// otherwise write out all 32 bytes of the unsalted SHA-256.
+func (k TokenKey) LogValue() slog.Value { return slog.StringValue(k.String()) }
 
 // Token is one entry of a tokens file: a named token with the NATS
 // permissions the embedded server enforces for it.
@@ -64,7 +90,7 @@ func ParseTokens(data []byte) ([]Token, error) {
 	dec.DisallowUnknownFields()
 	var f TokensFile
 	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("tokens file: %w", redactJSONError(err))
+		return nil, fmt.Errorf("tokens file: %w", redactJSONError(data, dec.InputOffset(), err))
 	}
 	if dec.More() {
 		return nil, errors.New("tokens file: unexpected data after the JSON object")
@@ -110,19 +136,31 @@ func ParseTokens(data []byte) ([]Token, error) {
 
 // redactJSONError keeps a JSON syntax or type error's position but not the
 // offending value, which could be a token.
-func redactJSONError(err error) error {
+func redactJSONError(data []byte, decoded int64, err error) error {
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
 	case errors.As(err, &se):
-		return fmt.Errorf("invalid JSON at byte %d", se.Offset)
+		return fmt.Errorf("invalid JSON at %s", position(data, se.Offset-1))
 	case errors.As(err, &te):
-		return fmt.Errorf("field %q must be %s, at byte %d", te.Field, te.Type, te.Offset)
+		return fmt.Errorf("field %q must be %s, at %s", te.Field, te.Type, position(data, te.Offset-1))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("the JSON ends early, at %s", position(data, int64(len(data))))
 	}
 	if strings.HasPrefix(err.Error(), "json: unknown field ") {
-		return err
+		return fmt.Errorf("%s, before %s", strings.TrimPrefix(err.Error(), "json: "), position(data, decoded))
 	}
 	return errors.New("invalid JSON")
+}
+
+// position turns the index of a byte into "line L, column C" (both from
+// 1, columns in bytes), what an editor shows.
+func position(data []byte, i int64) string {
+	i = min(max(i, 0), int64(len(data)))
+	before := data[:i]
+	line := bytes.Count(before, []byte("\n")) + 1
+	col := len(before) - (bytes.LastIndexByte(before, '\n') + 1) + 1
+	return fmt.Sprintf("line %d, column %d", line, col)
 }
 
 func isBcrypt(s string) bool {
@@ -161,6 +199,7 @@ const maxVerified = 4096
 // native clients alike.
 type tokenAuth struct {
 	mu       sync.RWMutex
+	gen      uint64 // counts set calls
 	plain    map[TokenKey]*Token
 	hashed   []*Token
 	verified map[TokenKey]*Token // bcrypt tokens seen, by the presented token's key
@@ -208,44 +247,38 @@ func (a *tokenAuth) set(tokens []Token) (changed []string, keys []TokenKey) {
 		}
 	}
 	a.plain, a.hashed, a.verified = plain, hashed, make(map[TokenKey]*Token)
+	a.gen++
 	slices.Sort(changed)
 	return changed, keys
 }
 
-// lookup finds the entry a presented token matches, comparing in constant
-// time: by SHA-256 key for plain tokens, with bcrypt for hashed ones.
-func (a *tokenAuth) lookup(token string) *Token {
-	key := KeyOf(token)
-	a.mu.RLock()
-	t, hashed := a.plain[key], a.hashed
-	if t == nil {
-		t = a.verified[key]
-	}
-	a.mu.RUnlock()
-	if t != nil {
-		if isBcrypt(t.Token) {
-			return t
-		}
+// findLocked finds the entry of a presented token among the plain
+// tokens and the bcrypt tokens already verified, comparing in constant
+// time. Lock (read) held.
+func (a *tokenAuth) findLocked(key TokenKey) *Token {
+	if t := a.plain[key]; t != nil {
 		if k := KeyOf(t.Token); subtle.ConstantTimeCompare(k[:], key[:]) == 1 {
 			return t
 		}
 		return nil
 	}
+	return a.verified[key]
+}
+
+// matchHashed finds the bcrypt entry a presented token matches. It is
+// slow (by design) and so runs without the lock.
+func matchHashed(hashed []*Token, token string) *Token {
 	for _, h := range hashed {
 		if bcrypt.CompareHashAndPassword([]byte(h.Token), []byte(token)) == nil {
-			a.mu.Lock()
-			if len(a.verified) >= maxVerified {
-				clear(a.verified)
-			}
-			if slices.Contains(a.hashed, h) {
-				a.verified[key] = h
-			}
-			a.mu.Unlock()
 			return h
 		}
 	}
 	return nil
 }
+
+// maxDecideAttempts bounds how often one authentication starts over
+// because reloads kept coming while its bcrypt comparison ran.
+const maxDecideAttempts = 3
 
 // name returns the name of the entry whose token has this key, if known.
 func (a *tokenAuth) name(key TokenKey) (string, bool) {
@@ -260,16 +293,45 @@ func (a *tokenAuth) name(key TokenKey) (string, bool) {
 	return "", false
 }
 
-// Check implements server.Authentication.
+// Check implements server.Authentication. The bcrypt comparison runs
+// without the lock, against the tokens of one generation; the decision
+// and the client's registration under its user name are then made under
+// the lock, and only if no reload (set) came in between: otherwise the
+// token is judged again against the new tokens. A reload therefore either
+// comes first, and this client is judged by the new tokens, or after,
+// and finds this client under its name (to disconnect it) and its key
+// among the verified (for Pool.Forget).
 func (a *tokenAuth) Check(c server.ClientAuthentication) bool {
 	opts := c.GetOpts()
 	if opts == nil || opts.Token == "" {
 		return false
 	}
-	t := a.lookup(opts.Token)
-	if t == nil {
-		return false
+	token, key := opts.Token, KeyOf(opts.Token)
+	for range maxDecideAttempts {
+		a.mu.RLock()
+		gen, t, hashed := a.gen, a.findLocked(key), a.hashed
+		a.mu.RUnlock()
+		verified := false
+		if t == nil {
+			t = matchHashed(hashed, token)
+			verified = t != nil
+		}
+		a.mu.Lock()
+		if a.gen != gen {
+			a.mu.Unlock()
+			continue // reloaded meanwhile: decide against the new tokens
+		}
+		if t != nil {
+			if verified {
+				if len(a.verified) >= maxVerified {
+					clear(a.verified)
+				}
+				a.verified[key] = t
+			}
+			c.RegisterUser(&server.User{Username: t.Name, Permissions: t.permissions()})
+		}
+		a.mu.Unlock()
+		return t != nil
 	}
-	c.RegisterUser(&server.User{Username: t.Name, Permissions: t.permissions()})
-	return true
+	return false
 }

@@ -94,18 +94,30 @@ func checkToken(tok string) (string, error) {
 
 // connect gets the NATS connection for a token and notes, for logs and
 // metrics, the token's name and any failure.
+//
+// A token whose connection the pool already holds was accepted by NATS
+// and is not asked about again, so it passes even while its address is
+// limited: someone else's failures behind the same NAT do not lock it
+// out. Every other attempt holds a place under the address's failure
+// limit while it is in flight, so simultaneous bad tokens cannot outrun
+// the limit.
 func (s *Server) connect(ctx context.Context, remote, token string) (*bridge.Conn, error) {
-	if err := s.failures.check(remote); err != nil {
-		s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
-		return nil, err
-	}
-	c, err := s.broker.Acquire(ctx, token)
-	if err != nil {
-		if errors.Is(err, bridge.ErrUnauthorized) {
-			s.metrics.authFailures.WithLabelValues("rejected").Inc()
-			s.failures.fail(remote)
+	c := s.broker.AcquireHeld(token)
+	if c == nil {
+		done, err := s.failures.begin(remote, bridge.KeyOf(token))
+		if err != nil {
+			s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
+			return nil, err
 		}
-		return nil, err
+		c, err = s.broker.Acquire(ctx, token)
+		rejected := errors.Is(err, bridge.ErrUnauthorized)
+		done(rejected)
+		if rejected {
+			s.metrics.authFailures.WithLabelValues("rejected").Inc()
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
 	setInfo(ctx, func(i *reqInfo) { i.tokenName = c.Name() })
 	return c, nil

@@ -102,6 +102,45 @@ func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, parse func(li
 	return msgs, errs, nil
 }
 
+// batchIn is a batch read and checked: its token's connection (the
+// caller releases it), every entry with its error, and the valid entries
+// with, in at, their indexes among all.
+type batchIn struct {
+	c     *bridge.Conn
+	msgs  []*bridge.Msg
+	errs  []error
+	valid []*bridge.Msg
+	at    []int
+}
+
+// openBatch is the prologue both batch kinds share: the token, the
+// Content-Type, the connection and the entries, parsed by parse.
+func (s *Server) openBatch(w http.ResponseWriter, r *http.Request, parse func(line []byte) (*bridge.Msg, error)) (*batchIn, error) {
+	tok, err := s.bearer(r)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkBatchType(r); err != nil {
+		return nil, err
+	}
+	c, err := s.connect(r.Context(), r.RemoteAddr, tok)
+	if err != nil {
+		return nil, err
+	}
+	msgs, errs, err := s.readBatch(w, r, parse)
+	if err != nil {
+		c.Release()
+		return nil, err
+	}
+	b := &batchIn{c: c, msgs: msgs, errs: errs}
+	for i, m := range msgs {
+		if errs[i] == nil {
+			b.valid, b.at = append(b.valid, m), append(b.at, i)
+		}
+	}
+	return b, nil
+}
+
 // checkBatchType refuses a batch body that does not say it is NDJSON.
 func checkBatchType(r *http.Request) error {
 	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/x-ndjson" && mt != "application/jsonl" {
@@ -124,29 +163,12 @@ func parseEntry(line []byte) (*bridge.Msg, error) {
 // with a result per entry. Bad entries do not stop good ones.
 func (s *Server) handlePublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		tok, err := s.bearer(r)
+		b, err := s.openBatch(w, r, parseEntry)
 		if err != nil {
 			return err
 		}
-		if err := checkBatchType(r); err != nil {
-			return err
-		}
-		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
-		if err != nil {
-			return err
-		}
-		defer c.Release()
-		msgs, errs, err := s.readBatch(w, r, parseEntry)
-		if err != nil {
-			return err
-		}
-		var valid []*bridge.Msg
-		var at []int
-		for i, m := range msgs {
-			if errs[i] == nil {
-				valid, at = append(valid, m), append(at, i)
-			}
-		}
+		defer b.c.Release()
+		c, msgs, errs, valid, at := b.c, b.msgs, b.errs, b.valid, b.at
 		for j, err := range c.PublishBatch(r.Context(), valid, s.cfg.MaxSubjectLen) {
 			errs[at[j]] = err
 		}

@@ -8,11 +8,12 @@ import (
 	"strings"
 )
 
-var errOrigin = fmt.Errorf("%w: origin not allowed", errForbiddenOrigin)
+var errOrigin = fmt.Errorf("%w: origin not allowed; the gateway allows its own origin and those listed in --allowed-origins (GATEWAY_ALLOWED_ORIGINS, Config.AllowedOrigins)", errForbiddenOrigin)
 
 // originAllowed reports whether a browser request's Origin may use the
 // gateway: no Origin (not a browser, or same-origin GET), the gateway's
-// own host, or a match of one of patterns. Patterns are matched
+// own origin (scheme and host: see ownOrigin), or a match of one of
+// patterns. Patterns are matched
 // case-insensitively with path.Match against the origin's host, or its
 // "scheme://host" when the pattern has a scheme, as coder/websocket's
 // AcceptOptions.OriginPatterns are, so CORS and WebSocket use one list.
@@ -25,7 +26,7 @@ func originAllowed(r *http.Request, patterns []string) bool {
 	if err != nil || u.Host == "" {
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
+	if sameOrigin(r, u.Scheme, u.Host) {
 		return true
 	}
 	for _, p := range patterns {

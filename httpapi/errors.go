@@ -51,10 +51,18 @@ func classify(err error) (status int, kind string) {
 		return http.StatusBadRequest, "bad-subject"
 	case errors.Is(err, bridge.ErrBadHeader):
 		return http.StatusBadRequest, "bad-header"
+	case errors.Is(err, bridge.ErrBadKey):
+		return http.StatusBadRequest, "bad-key"
 	case errors.Is(err, errBadRequest), errors.Is(err, bridge.ErrInvalid):
 		return http.StatusBadRequest, "bad-request"
 	case errors.Is(err, bridge.ErrNoStream):
 		return http.StatusNotFound, "no-stream"
+	case errors.Is(err, bridge.ErrNoBucket):
+		return http.StatusNotFound, "no-bucket"
+	case errors.Is(err, bridge.ErrNoKey):
+		return http.StatusNotFound, "no-key"
+	case errors.Is(err, bridge.ErrPrecondition):
+		return http.StatusPreconditionFailed, "precondition-failed"
 	case errors.Is(err, bridge.ErrSeveralStreams):
 		return http.StatusBadRequest, "several-streams"
 	case errors.Is(err, bridge.ErrConflict):

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,11 +19,22 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"github.com/nats-io/nats.go"
 
-	"github.com/natsgate/natsgate"
 	"github.com/natsgate/natsgate/bridge"
 
 	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
+
+// openAPIDoc is ../openapi.yaml, what natsgate.OpenAPI embeds. It is read
+// here, not imported: the root package natsgate imports httpapi (it wires
+// the gateway for library use), so these tests importing it would be an
+// import cycle.
+var openAPIDoc = func() []byte {
+	b, err := os.ReadFile("../openapi.yaml")
+	if err != nil {
+		panic(err)
+	}
+	return b
+}()
 
 // Tokens of the test gateways: admin may do anything; orders may publish
 // and subscribe under orders.> (and receive replies) only.
@@ -70,7 +82,7 @@ func withJetStream(o *gatewayOptions) { o.jetstream = true }
 func startGateway(t testing.TB, opts ...func(*gatewayOptions)) *gateway {
 	t.Helper()
 	o := gatewayOptions{tokens: testTokens()}
-	o.cfg.OpenAPI = natsgate.OpenAPI
+	o.cfg.OpenAPI = openAPIDoc
 	for _, f := range opts {
 		f(&o)
 	}
@@ -205,7 +217,7 @@ func init() {
 func newValidatingTransport(t testing.TB, serverURL string) *validatingTransport {
 	t.Helper()
 	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromData(natsgate.OpenAPI)
+	doc, err := loader.LoadFromData(openAPIDoc)
 	if err != nil {
 		t.Fatalf("openapi.yaml: %v", err)
 	}

@@ -67,6 +67,8 @@ func TestAuthenticationErrors(t *testing.T) {
 	}{
 		{"missing", "/v1/publish/x", "", 401, `Bearer realm="natsgate"`, "Authorization: Bearer"},
 		{"basic", "/v1/publish/x", "Basic YWRtaW46cGFzcw==", 401, `Bearer realm="natsgate"`, "Bearer scheme"},
+		// A bare token ("Authorization: <token>") is accepted since version 2
+		// (TestBareAuthorizationIsAcceptedOnEveryRoute); another scheme is not.
 		{"other scheme", "/v1/publish/x", "Token " + adminToken, 401, `Bearer realm="natsgate"`, "Bearer scheme"},
 		{"empty bearer", "/v1/publish/x", "Bearer ", 401, `Bearer realm="natsgate"`, "Bearer"},
 		{"wrong", "/v1/publish/x", "Bearer wrong", 401, `Bearer realm="natsgate", error="invalid_token"`, "rejected"},
@@ -372,6 +374,47 @@ func TestSubscribeStreamsNDJSONWithQueueGroups(t *testing.T) {
 		t.Fatalf("queue group received %d distinct messages, want %d", len(seen), n)
 	}
 	t.Logf("queue members got %d and %d", counts[0], counts[1])
+}
+
+func TestStreamsPerTokenAreBoundedWith429(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, func(o *gatewayOptions) { o.cfg.MaxStreamsPerToken = 2 })
+	subscribed := func(l string) bool { return l == ": subscribed" }
+	sse := g.stream("/v1/subscribe/a", adminToken, "")
+	sse.next(t, subscribed)
+	nd := g.stream("/v1/subscribe/b", adminToken, "application/x-ndjson")
+	if nd.resp.StatusCode != 200 {
+		t.Fatalf("second stream: %d", nd.resp.StatusCode)
+	}
+	// SSE and NDJSON count together; a third is refused before NATS
+	// gets a subscription.
+	subs := g.serverSubs()
+	for _, accept := range []string{"", "application/x-ndjson"} {
+		s := g.stream("/v1/subscribe/c", adminToken, accept)
+		if s.resp.StatusCode != 429 {
+			t.Fatalf("third stream (Accept %q): %d, want 429", accept, s.resp.StatusCode)
+		}
+		var body []byte
+		for l := range s.lines { // lines without their newlines
+			body = append(append(body, l...), '\n')
+		}
+		wantProblem(t, s.resp, body, 429, "already has 2 open subscription streams")
+	}
+	if got := g.serverSubs(); got != subs {
+		t.Fatalf("refused streams left %d server subscriptions, had %d", got, subs)
+	}
+	// Another token, and the same token's WebSocket sessions, are not
+	// affected.
+	other := g.stream("/v1/subscribe/orders.x", ordersToken, "")
+	other.next(t, subscribed)
+	g.dialWS(adminToken).next("connected")
+	// A stream that ends frees its place.
+	sse.close()
+	waitFor(t, "a place after a stream ended", func() bool {
+		s := g.stream("/v1/subscribe/d", adminToken, "")
+		defer s.close()
+		return s.resp.StatusCode == 200
+	})
 }
 
 func TestStreamEndsOnShutdown(t *testing.T) {

@@ -102,29 +102,12 @@ type storedResult struct {
 // same results, failed entries carrying status and detail.
 func (s *Server) handleJSPublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		tok, err := s.bearer(r)
+		b, err := s.openBatch(w, r, parseStoredEntry)
 		if err != nil {
 			return err
 		}
-		if err := checkBatchType(r); err != nil {
-			return err
-		}
-		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
-		if err != nil {
-			return err
-		}
-		defer c.Release()
-		msgs, errs, err := s.readBatch(w, r, parseStoredEntry)
-		if err != nil {
-			return err
-		}
-		var valid []*bridge.Msg
-		var at []int
-		for i, m := range msgs {
-			if errs[i] == nil {
-				valid, at = append(valid, m), append(at, i)
-			}
-		}
+		defer b.c.Release()
+		c, msgs, errs, valid, at := b.c, b.msgs, b.errs, b.valid, b.at
 		acks := make([]*bridge.PubAck, len(msgs))
 		for j, res := range c.PublishStoredBatch(r.Context(), valid, s.cfg.MaxSubjectLen) {
 			acks[at[j]], errs[at[j]] = res.Ack, res.Err

@@ -26,6 +26,7 @@ type Metrics struct {
 	authFailures  *prometheus.CounterVec
 	stored        *prometheus.CounterVec
 	streamOps     *prometheus.CounterVec
+	kvOps         *prometheus.CounterVec
 
 	jsSubscriptions    prometheus.Gauge
 	jsConsumersCreated prometheus.Counter
@@ -78,6 +79,9 @@ func newMetrics(b Broker) *Metrics {
 			Name: "natsgate_stream_operations_total",
 			Help: "Stream management operations (op: put, get, list, delete) by status.",
 		}, []string{"op", "status"}),
+		kvOps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "natsgate_kv_operations_total", Help: "Key-value operations by kind (get, put, update, create, delete, purge, keys, bucket_*) and HTTP status.",
+		}, []string{"op", "status"}),
 		jsSubscriptions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "natsgate_jetstream_subscriptions", Help: "Open JetStream subscriptions of clients (WebSocket and streams), each with a consumer.",
 		}),
@@ -92,8 +96,7 @@ func newMetrics(b Broker) *Metrics {
 		}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
-		m.slowClosed, m.authFailures, m.stored, m.streamOps,
-		m.jsSubscriptions, m.jsConsumersCreated, m.jsConsumersRemoved, m.jsPacedWaits,
+		m.slowClosed, m.authFailures, m.stored, m.streamOps, m.kvOps, m.jsSubscriptions, m.jsConsumersCreated, m.jsConsumersRemoved, m.jsPacedWaits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",

@@ -163,6 +163,9 @@ func observe(logger *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 				attrs = append(attrs, slog.String("request_id", id), slog.String("method", r.Method), slog.String("path", r.URL.Path),
 					slog.String("route", route), slog.Int("status", status), slog.Int64("bytes", sw.bytes),
 					slog.Duration("duration", d), slog.String("remote", r.RemoteAddr))
+				if f := forwardedFrom(r.Context()); f != nil {
+					attrs = append(attrs, slog.String("proxy", f.peer))
+				}
 				if info.tokenName != "" {
 					attrs = append(attrs, slog.String("token", info.tokenName))
 				}

@@ -209,32 +209,48 @@ func parseTimeout(v string, def, max time.Duration) (time.Duration, error) {
 // reply's payload is the body and its NATS headers come back as NatsH-*.
 func (s *Server) handleRequest() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		tok, m, err := s.messageFromRequest(r)
+		reply, err := s.request(w, r)
 		if err != nil {
 			return err
 		}
-		timeout, err := parseTimeout(queryValue(r, "timeout"), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout)
-		if err != nil {
-			return err
-		}
-		c, err := s.connectWithBody(w, r, tok, m)
-		if err != nil {
-			return err
-		}
-		defer c.Release()
-		reply, err := c.Request(r.Context(), m, timeout, s.cfg.MaxSubjectLen)
-		if err != nil {
-			return err
-		}
-		s.metrics.msgsIn.WithLabelValues("http").Inc()
-		h := w.Header()
-		for k, vs := range reply.Header {
-			h[headerPrefix+k] = vs
-		}
-		h.Set("Content-Type", "application/octet-stream")
-		h.Set("Content-Length", strconv.Itoa(len(reply.Data)))
-		w.WriteHeader(http.StatusOK)
-		_, _ = w.Write(reply.Data)
+		writeReply(w, reply)
 		return nil
 	})
+}
+
+// request sends the request a POST describes (subject, NatsH-* headers,
+// timeout, body) and returns the reply.
+func (s *Server) request(w http.ResponseWriter, r *http.Request) (*bridge.Msg, error) {
+	tok, m, err := s.messageFromRequest(r)
+	if err != nil {
+		return nil, err
+	}
+	timeout, err := parseTimeout(queryValue(r, "timeout"), s.cfg.RequestTimeout, s.cfg.MaxRequestTimeout)
+	if err != nil {
+		return nil, err
+	}
+	c, err := s.connectWithBody(w, r, tok, m)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Release()
+	reply, err := c.Request(r.Context(), m, timeout, s.cfg.MaxSubjectLen)
+	if err != nil {
+		return nil, err
+	}
+	s.metrics.msgsIn.WithLabelValues("http").Inc()
+	return reply, nil
+}
+
+// writeReply answers a reply as it came: its payload as the body, its
+// NATS headers as NatsH-* headers.
+func writeReply(w http.ResponseWriter, reply *bridge.Msg) {
+	h := w.Header()
+	for k, vs := range reply.Header {
+		h[headerPrefix+k] = vs
+	}
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.Itoa(len(reply.Data)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(reply.Data)
 }

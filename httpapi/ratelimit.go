@@ -1,67 +1,166 @@
 package httpapi
 
 import (
+	"container/list"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/natsgate/natsgate/bridge"
 )
 
-// maxTrackedAddrs bounds the addresses the failure limiter remembers. When
-// full, expired windows are pruned and, if that is not enough, the
-// limiter forgets everyone: a flood of addresses resets it rather than
-// growing the gateway's memory.
-const maxTrackedAddrs = 1 << 16
+// maxTrackedClients bounds the clients the failure limiter remembers. When
+// full, the client whose window started longest ago is forgotten to make
+// room: never everyone, so a flood of addresses cannot wipe the counters
+// of the clients already limited.
+const maxTrackedClients = 1 << 16
 
-// failureLimiter refuses a client address (its IP; the port is ignored)
-// once it has failed authentication limit times within window, until the
-// window ends. Successful requests are never counted.
+// failureLimiter refuses a client once its failed authentications within
+// window, plus its authentication attempts still in flight, reach limit,
+// until the window ends. A client is an IPv4 address or an IPv6 /64 (one
+// subscriber's usual allocation, which holds 2^64 addresses); the port is
+// ignored. Counting attempts in flight is what keeps a burst of
+// simultaneous bad tokens from all reaching NATS before the first failure
+// is counted. Attempts with the same token share one place, since the
+// pool makes them one connection attempt; a success frees its place and
+// leaves no count.
 type failureLimiter struct {
-	limit  int
-	window time.Duration
+	limit   int
+	window  time.Duration
+	maxSize int // maxTrackedClients; lowered by tests
 
 	mu    sync.Mutex
-	addrs map[string]*failWindow
-	// tracked is len(addrs), so the usual case (no failures anywhere)
-	// needs no lock.
-	tracked atomic.Int64
+	byKey map[netip.Prefix]*failWindow
+	order *list.List // of *failWindow, oldest start first
 }
 
+// failWindow is one client's window. Guarded by failureLimiter.mu.
 type failWindow struct {
-	start time.Time
-	n     int
+	client  netip.Prefix
+	start   time.Time
+	n       int                     // failures counted in this window
+	pending map[bridge.TokenKey]int // attempts in flight, by token
+	elem    *list.Element           // in order; nil once forgotten
 }
 
 func newFailureLimiter(limit int, window time.Duration) *failureLimiter {
-	return &failureLimiter{limit: limit, window: window, addrs: make(map[string]*failWindow)}
+	return &failureLimiter{limit: limit, window: window, maxSize: maxTrackedClients,
+		byKey: make(map[netip.Prefix]*failWindow), order: list.New()}
 }
 
-func ipOf(remote string) string {
-	if host, _, err := net.SplitHostPort(remote); err == nil {
-		return host
+// clientOf is the limiter's key for a remote address: the IPv4 address
+// (IPv4-mapped IPv6 included), or the IPv6 address's /64. An address that
+// does not parse gets the zero prefix, one bucket for all such.
+func clientOf(remote string) netip.Prefix {
+	host := remote
+	if h, _, err := net.SplitHostPort(remote); err == nil {
+		host = h
 	}
-	return remote
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	a = a.WithZone("").Unmap()
+	bits := 64
+	if a.Is4() {
+		bits = 32
+	}
+	p, _ := a.Prefix(bits)
+	return p
 }
 
-// check returns errTooManyFailed while remote is over its limit.
-func (l *failureLimiter) check(remote string) error {
-	if l.limit <= 0 || l.tracked.Load() == 0 {
-		return nil
+// begin admits an authentication attempt with the token whose key is key,
+// or refuses it with a *limitedError (errTooManyFailed) while the client
+// is at its limit. An admitted attempt holds its place until done is
+// called: done(true) counts a failure, done(false) just frees the place.
+func (l *failureLimiter) begin(remote string, key bridge.TokenKey) (done func(failed bool), err error) {
+	if l.limit <= 0 {
+		return func(bool) {}, nil
 	}
+	client, now := clientOf(remote), time.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	w := l.addrs[ipOf(remote)]
-	if w == nil || w.n < l.limit {
-		return nil
+	w := l.byKey[client]
+	if w != nil {
+		l.renewLocked(w, now)
+		if w.pending[key] == 0 && w.n+len(w.pending) >= l.limit {
+			left := time.Second // only attempts in flight: they end soon
+			if w.n >= l.limit {
+				left = max(l.window-now.Sub(w.start), time.Second)
+			}
+			return nil, &limitedError{left: left}
+		}
+	} else {
+		w = l.addLocked(client, now)
 	}
-	left := l.window - time.Since(w.start)
-	if left <= 0 {
-		delete(l.addrs, ipOf(remote))
-		l.tracked.Store(int64(len(l.addrs)))
-		return nil
+	if w.pending == nil {
+		w.pending = make(map[bridge.TokenKey]int)
 	}
-	return &limitedError{left: left}
+	w.pending[key]++
+	return func(failed bool) { l.end(w, key, failed) }, nil
+}
+
+func (l *failureLimiter) end(w *failWindow, key bridge.TokenKey, failed bool) {
+	now := time.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if w.pending[key]--; w.pending[key] <= 0 {
+		delete(w.pending, key)
+	}
+	if failed {
+		counted := w
+		if w.elem == nil { // forgotten to make room meanwhile: count it anew
+			if counted = l.byKey[w.client]; counted == nil {
+				counted = l.addLocked(w.client, now)
+			}
+		}
+		l.renewLocked(counted, now)
+		counted.n++
+		l.dropIfEmptyLocked(counted)
+	}
+	l.dropIfEmptyLocked(w)
+}
+
+// renewLocked starts a new window for w if its window has ended.
+func (l *failureLimiter) renewLocked(w *failWindow, now time.Time) {
+	if now.Sub(w.start) >= l.window {
+		w.start, w.n = now, 0
+		if w.elem != nil {
+			l.order.MoveToBack(w.elem)
+		}
+	}
+}
+
+// addLocked tracks a new client, forgetting the oldest window if the
+// table is full.
+func (l *failureLimiter) addLocked(client netip.Prefix, now time.Time) *failWindow {
+	for l.order.Len() >= l.maxSize {
+		old := l.order.Remove(l.order.Front()).(*failWindow)
+		old.elem = nil
+		delete(l.byKey, old.client)
+	}
+	w := &failWindow{client: client, start: now}
+	w.elem = l.order.PushBack(w)
+	l.byKey[client] = w
+	return w
+}
+
+// dropIfEmptyLocked forgets a client with nothing counted or in flight.
+func (l *failureLimiter) dropIfEmptyLocked(w *failWindow) {
+	if w.elem != nil && w.n == 0 && len(w.pending) == 0 {
+		l.order.Remove(w.elem)
+		w.elem = nil
+		delete(l.byKey, w.client)
+	}
+}
+
+// size is the number of clients remembered, for tests.
+func (l *failureLimiter) size() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.byKey)
 }
 
 // limitedError is errTooManyFailed with the time left in the window.
@@ -75,30 +174,3 @@ func (e *limitedError) Is(target error) bool { return target == errTooManyFailed
 
 // retrySeconds rounds the time left up to whole seconds, for Retry-After.
 func (e *limitedError) retrySeconds() int { return int((e.left + time.Second - 1) / time.Second) }
-
-// fail counts a failed authentication from remote.
-func (l *failureLimiter) fail(remote string) {
-	if l.limit <= 0 {
-		return
-	}
-	ip, now := ipOf(remote), time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	w := l.addrs[ip]
-	if w == nil || now.Sub(w.start) >= l.window {
-		if w == nil && len(l.addrs) >= maxTrackedAddrs {
-			for k, o := range l.addrs {
-				if now.Sub(o.start) >= l.window {
-					delete(l.addrs, k)
-				}
-			}
-			if len(l.addrs) >= maxTrackedAddrs {
-				clear(l.addrs)
-			}
-		}
-		w = &failWindow{start: now}
-		l.addrs[ip] = w
-	}
-	w.n++
-	l.tracked.Store(int64(len(l.addrs)))
-}

@@ -2,6 +2,8 @@ package httpapi
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
@@ -12,6 +14,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+
+	"github.com/natsgate/natsgate/bridge"
 )
 
 func TestTwoTokensAllowAndDenyOnEveryPath(t *testing.T) {
@@ -289,5 +293,18 @@ func TestTokensNeverAppearInLogsMetricsOrErrors(t *testing.T) {
 		if i := strings.Index(all, tok); i >= 0 {
 			t.Fatalf("token text %q found: …%s…", tok, all[max(0, i-200):min(len(all), i+100)])
 		}
+	}
+	// Nor a plain hash of one, which a guessed token can be checked
+	// against offline: a token without a name is logged by its keyed
+	// fingerprint.
+	for _, tok := range []string{adminToken, ordersToken, wrong} {
+		sum := sha256.Sum256([]byte(tok))
+		if h := hex.EncodeToString(sum[:])[:12]; strings.Contains(all, h) {
+			i := strings.Index(all, h)
+			t.Fatalf("a prefix of a token's SHA-256 found: …%s…", all[max(0, i-200):min(len(all), i+100)])
+		}
+	}
+	if fp := bridge.KeyOf(wrong).String(); !strings.Contains(g.logs.String(), "token="+fp) {
+		t.Fatalf("the rejected token is not logged by its fingerprint %s:\n%s", fp, g.logs)
 	}
 }

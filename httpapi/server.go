@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -20,6 +21,9 @@ type Broker interface {
 	// Acquire returns the token's shared connection, with a reference the
 	// caller releases.
 	Acquire(ctx context.Context, token string) (*bridge.Conn, error)
+	// AcquireHeld is Acquire for a token whose connection is already
+	// held and ready, and nil for any other: it never asks NATS.
+	AcquireHeld(token string) *bridge.Conn
 	// Ready reports whether NATS is usable.
 	Ready(ctx context.Context) error
 	// Stats reports the connections held.
@@ -57,9 +61,15 @@ type Config struct {
 	// MaxBatchEntries bounds the entries of a batch publish. Zero means
 	// 10000.
 	MaxBatchEntries int
-	// AuthFailureLimit is how many failed authentications an address may
-	// have per AuthFailureWindow before it gets 429. Zero means 20;
-	// negative disables the limit.
+	// MaxStreamsPerToken bounds the open SSE and NDJSON subscription
+	// streams of one token; one more is refused with 429. Zero means
+	// 10000.
+	MaxStreamsPerToken int
+	// AuthFailureLimit is how many failed authentications, attempts in
+	// flight included, a client (an IPv4 address or an IPv6 /64) may have
+	// per AuthFailureWindow before it gets 429. A token whose connection
+	// the broker already holds is not refused. Zero means 20; negative
+	// disables the limit.
 	AuthFailureLimit int
 	// AuthFailureWindow: see AuthFailureLimit. Zero means 1 minute.
 	AuthFailureWindow time.Duration
@@ -69,6 +79,13 @@ type Config struct {
 	// "https://app.example.com", matched with path.Match. Empty allows
 	// only the gateway's own origin.
 	AllowedOrigins []string
+	// TrustedProxies lists the reverse proxies (CIDRs) whose Forwarded,
+	// X-Forwarded-For, X-Forwarded-Proto and X-Forwarded-Host headers are
+	// believed: they then give the client's address (for the failed
+	// authentication limit, the access log and sessions) and the scheme
+	// and host of the gateway's own origin. Empty believes no one: the
+	// headers are ignored.
+	TrustedProxies []netip.Prefix
 	// OpenAPI is the document served at /openapi.yaml.
 	OpenAPI []byte
 	// Assets holds the browser files: index.html (served at /), client.js,
@@ -102,6 +119,9 @@ func (c *Config) setDefaults() {
 	if c.MaxBatchEntries <= 0 {
 		c.MaxBatchEntries = 10000
 	}
+	if c.MaxStreamsPerToken <= 0 {
+		c.MaxStreamsPerToken = 10000
+	}
 	if c.AuthFailureLimit == 0 {
 		c.AuthFailureLimit = 20
 	}
@@ -119,7 +139,8 @@ type Server struct {
 	wsDropped, wsOut prometheus.Counter
 	failures         *failureLimiter
 	router           chi.Router
-	sessions         *sessionCounter
+	sessions         *sessionCounter // WebSocket sessions per token
+	streams          *sessionCounter // SSE and NDJSON streams per token
 
 	closing   chan struct{} // closed by Shutdown
 	closeOnce sync.Once
@@ -138,7 +159,8 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 		cfg:      cfg,
 		metrics:  newMetrics(broker),
 		failures: newFailureLimiter(cfg.AuthFailureLimit, cfg.AuthFailureWindow),
-		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken),
+		sessions: newSessionCounter(cfg.WS.MaxSessionsPerToken, "WebSocket sessions"),
+		streams:  newSessionCounter(cfg.MaxStreamsPerToken, "subscription streams (SSE or NDJSON)"),
 		closing:  make(chan struct{}),
 		live:     make(map[*session]struct{}),
 	}
@@ -181,7 +203,7 @@ func (s *Server) draining() bool {
 // addRoutes is the whole API, in the order of openapi.yaml.
 func (s *Server) addRoutes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors, s.answerHead)
+	r.Use(s.fromTrustedProxies, observe(s.logger, s.metrics), refuseURLTokens(s.metrics), s.cors, s.answerHead)
 	r.NotFound(s.notFound)
 	r.MethodNotAllowed(s.methodNotAllowed)
 	// One flat router (no r.Route sub-router): each request is routed once.
@@ -189,7 +211,7 @@ func (s *Server) addRoutes() chi.Router {
 	v1.Post("/v1/publish/{subject}", s.handlePublish())
 	v1.Post("/v1/publish", s.handlePublishBatch())
 	v1.Post("/v1/request/{subject}", s.handleRequest())
-	v1.Get("/v1/subscribe/{subject}", s.handleSubscribe())
+	v1.Get("/v1/subscribe/{subject}", s.handleSubscribe(formatByAccept))
 	v1.Get("/v1/streams", s.handleListStreams())
 	v1.Put("/v1/streams/{stream}", s.handlePutStream())
 	v1.Get("/v1/streams/{stream}", s.handleGetStream())
@@ -197,6 +219,20 @@ func (s *Server) addRoutes() chi.Router {
 	v1.Post("/v1/js/publish/{subject}", s.handleJSPublish())
 	v1.Post("/v1/js/publish", s.handleJSPublishBatch())
 	v1.Get("/v1/ws", s.handleWS())
+	// Key-value buckets; a key is the rest of the path (keys may hold '/').
+	v1.Get("/v1/kv/{bucket}/*", s.handleKVGet())
+	v1.Put("/v1/kv/{bucket}/*", s.handleKVPut())
+	v1.Post("/v1/kv/{bucket}/*", s.handleKVCreate())
+	v1.Delete("/v1/kv/{bucket}/*", s.handleKVDelete())
+	v1.Get("/v1/kvm/buckets", s.handleKVBuckets())
+	v1.Post("/v1/kvm/buckets/{bucket}", s.handleKVBucketCreate())
+	v1.Get("/v1/kvm/buckets/{bucket}", s.handleKVBucketInfo())
+	v1.Delete("/v1/kvm/buckets/{bucket}", s.handleKVBucketDelete())
+	v1.Get("/v1/kvm/buckets/{bucket}/keys", s.handleKVKeys())
+	// Synadia-compatible core routes.
+	v1.Put("/v1/nats/subjects/{subject}", s.handlePublish())
+	v1.Post("/v1/nats/subjects/{subject}", s.handleNATSRequest())
+	v1.Get("/v1/nats/subjects/{subject}", s.handleSubscribe(natsSubjectsStream))
 	r.Get("/healthz", handleHealthz())
 	r.Get("/readyz", s.handleReadyz())
 	r.Get("/metrics", s.metrics.handler().ServeHTTP)

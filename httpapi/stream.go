@@ -82,12 +82,22 @@ func wantsNDJSON(accept string) bool {
 	return strings.Contains(accept, "application/x-ndjson") || strings.Contains(accept, "application/jsonl")
 }
 
+// formatByAccept is /v1/subscribe's format: NDJSON when the client asks
+// for it, Server-Sent Events otherwise.
+func formatByAccept(r *http.Request) streamFormat {
+	if wantsNDJSON(r.Header.Get("Accept")) {
+		return ndjsonFormat{}
+	}
+	return sseFormat{}
+}
+
 // handleSubscribe handles "GET /v1/subscribe/{subject}": a subscription
-// streamed as Server-Sent Events or NDJSON until the client leaves, the
-// token's connection closes or the gateway shuts down. With a start
-// position (deliver, start_seq, start_time, Last-Event-ID) it is a
-// JetStream subscription, paced to the client instead of dropping.
-func (s *Server) handleSubscribe() http.HandlerFunc {
+// streamed as Server-Sent Events or NDJSON (format chooses) until the
+// client leaves, the token's connection closes or the gateway shuts down.
+// With a start position (deliver, start_seq, start_time, Last-Event-ID)
+// it is a JetStream subscription, paced to the client instead of
+// dropping. A token with Config.MaxStreamsPerToken streams open gets 429.
+func (s *Server) handleSubscribe(format func(*http.Request) streamFormat) http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		tok, err := s.bearer(r)
 		if err != nil {
@@ -108,15 +118,16 @@ func (s *Server) handleSubscribe() http.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		var f streamFormat = sseFormat{}
-		if wantsNDJSON(r.Header.Get("Accept")) {
-			f = ndjsonFormat{}
-		}
+		f := format(r)
 		c, err := s.connect(r.Context(), r.RemoteAddr, tok)
 		if err != nil {
 			return err
 		}
 		defer c.Release()
+		if err := s.streams.add(c.Key()); err != nil {
+			return err
+		}
+		defer s.streams.done(c.Key())
 		wake := make(chanWaker, 1)
 		box := newOutbox(s.cfg.QueueBytes, s.metrics.dropped.WithLabelValues(f.name()), wake)
 		defer box.close()
@@ -194,7 +205,7 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Co
 		return rc.Flush() == nil
 	}
 	var buf []byte
-	if _, ok := f.(sseFormat); ok {
+	if f.contentType() == "text/event-stream" {
 		buf = append(buf, ": subscribed\n\n"...)
 	}
 	if !write(buf) {

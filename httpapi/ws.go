@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -118,22 +119,24 @@ func validID(s string) bool {
 	return true
 }
 
-// sessionCounter bounds the open sessions of each token.
+// sessionCounter bounds the open sessions (or streams) of each token.
 type sessionCounter struct {
-	max int
-	mu  sync.Mutex
-	n   map[bridge.TokenKey]int
+	max  int
+	what string // "WebSocket sessions", for the error
+	mu   sync.Mutex
+	n    map[bridge.TokenKey]int
 }
 
-func newSessionCounter(max int) *sessionCounter {
-	return &sessionCounter{max: max, n: make(map[bridge.TokenKey]int)}
+func newSessionCounter(max int, what string) *sessionCounter {
+	return &sessionCounter{max: max, what: what, n: make(map[bridge.TokenKey]int)}
 }
 
+// add counts one more for k, or refuses with errTooMany at the bound.
 func (s *sessionCounter) add(k bridge.TokenKey) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.n[k] >= s.max {
-		return fmt.Errorf("%w: this token already has %d open WebSocket sessions", errTooMany, s.max)
+		return fmt.Errorf("%w: this token already has %d open %s; close one first", errTooMany, s.max, s.what)
 	}
 	s.n[k]++
 	return nil
@@ -176,7 +179,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 		}
 		uw := &upgradeWriter{ResponseWriter: w}
 		ws, err := websocket.Accept(uw, r, &websocket.AcceptOptions{
-			OriginPatterns:  s.cfg.AllowedOrigins,
+			OriginPatterns:  s.originPatterns(r),
 			CompressionMode: websocket.CompressionDisabled,
 		})
 		if err != nil {
@@ -255,7 +258,7 @@ func (ss *session) run(c *bridge.Conn) {
 		var reason string
 		if c, code, reason = ss.awaitConnect(); c == nil {
 			if code != 0 {
-				ss.ws.Close(code, reason)
+				ss.ws.Close(code, truncateReason(reason))
 			}
 			ss.ws.CloseNow()
 			return
@@ -295,7 +298,7 @@ func (ss *session) run(c *bridge.Conn) {
 			return
 		}
 		if code, reason := ss.handle(f); code != 0 {
-			ss.ws.Close(code, reason)
+			ss.ws.Close(code, truncateReason(reason))
 			return
 		}
 	}
@@ -321,7 +324,7 @@ func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
 	f, err := parseFrame(data)
 	switch {
 	case err != nil:
-		return nil, closeMalformed, truncateReason(err.Error())
+		return nil, closeMalformed, err.Error()
 	case f.Op != "connect":
 		s.metrics.authFailures.WithLabelValues("missing").Inc()
 		return nil, closeUnauthorized, `first frame must be {"op":"connect","token":…}`
@@ -354,14 +357,28 @@ func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
 	return c, 0, ""
 }
 
+// maxCloseReason is the longest close reason a close frame can carry
+// (a control frame's 125 bytes less the 2-byte code); coder/websocket
+// refuses a longer one and the client then sees 1006 instead of the code.
+const maxCloseReason = 123
+
+// truncateReason cuts a close reason to maxCloseReason bytes at a rune
+// boundary, marking the cut with "…", so it stays valid UTF-8. Apply it to
+// the finished reason, after any quoting.
 func truncateReason(s string) string {
-	if len(s) > 120 {
-		return s[:120]
+	if len(s) <= maxCloseReason {
+		return s
 	}
-	return s
+	const mark = "…"
+	cut := maxCloseReason - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
 }
 
-// handle runs one frame. A non-zero code closes the session.
+// handle runs one frame. A non-zero code closes the session, with the
+// reason truncated by the caller.
 func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 	switch f.Op {
 	case "sub":
@@ -377,7 +394,7 @@ func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 	case "connect":
 		return closeMalformed, "already connected"
 	default:
-		return closeMalformed, "unknown op " + strconv.Quote(truncateReason(f.Op))
+		return closeMalformed, "unknown op " + strconv.Quote(f.Op)
 	}
 	return 0, ""
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
@@ -310,6 +312,33 @@ func TestWSBinaryAndOversizedFramesClose(t *testing.T) {
 	w.sendRaw(`{"op":"pub","subject":"x","data":"` + strings.Repeat("a", 2000) + `"}`)
 	if code := w.closed(); code != websocket.StatusMessageTooBig {
 		t.Fatalf("oversized frame closed with %d, want 1009", code)
+	}
+}
+
+// TestWSLongUnknownOpClosesWith4400: the quoted op in the close reason
+// must not push it past a close frame's 123 bytes, or the client sees 1006
+// (retry) instead of 4400 (final).
+func TestWSLongUnknownOpClosesWith4400(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t)
+	for name, op := range map[string]string{
+		"ascii":     strings.Repeat("x", 300),
+		"multibyte": strings.Repeat("é", 150),
+		"escaped":   strings.Repeat("\x01", 100),
+	} {
+		w := g.dialWS(adminToken)
+		w.next("connected")
+		w.send(map[string]any{"op": op})
+		for range w.frames {
+		}
+		err := <-w.done
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) {
+			t.Fatalf("%s op: session ended with %v, want a close frame with 4400", name, err)
+		}
+		if ce.Code != closeMalformed || len(ce.Reason) > 123 || !utf8.ValidString(ce.Reason) || !strings.HasPrefix(ce.Reason, "unknown op ") {
+			t.Fatalf("%s op: closed %d %q (%d bytes), want 4400 with a valid reason of at most 123 bytes", name, ce.Code, ce.Reason, len(ce.Reason))
+		}
 	}
 }
 

@@ -28,7 +28,7 @@ export type Unsubscribe = (() => Promise<void>) & { readonly sid: string; readon
 export interface ConnectOptions {
   /** The bearer token, sent only in the first frame; never in a URL, never stored. */
   token: string;
-  /** WebSocket URL; default ws(s)://<page host>/v1/ws. http(s) URLs become ws(s); a bare origin gets /v1/ws. */
+  /** WebSocket URL or the gateway's base; default ws(s)://<page host>/v1/ws. http(s) URLs become ws(s); a path not ending in /v1/ws (a bare origin, or a mount prefix such as "/nats") gets /v1/ws appended. */
   url?: string;
   /** Reconnect after a reconnectable close (RECONNECT_CODES). Default true. */
   reconnect?: boolean;
@@ -251,7 +251,7 @@ export function toMessage(wire: {
 export interface StreamOptions {
   token: string;
   subject: string;
-  /** The gateway's base URL; default this page's origin. */
+  /** The gateway's base URL, with its mount prefix if any ("/nats"); default this page's origin. */
   url?: string;
   queue?: string;
   onMessage: (m: Message) => void;

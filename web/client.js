@@ -91,8 +91,11 @@ export class NatsgateError extends Error {
 /**
  * @typedef {object} ConnectOptions
  * @property {string} token the bearer token (required)
- * @property {string} [url] the WebSocket URL; default ws(s)://<this page's host>/v1/ws.
- *   An http(s) URL is turned into ws(s); a bare origin gets /v1/ws.
+ * @property {string} [url] the gateway's WebSocket URL, or its base; default
+ *   ws(s)://<this page's host>/v1/ws. An http(s) URL is turned into ws(s); a URL
+ *   whose path does not end in /v1/ws is the gateway's base (a bare origin, or
+ *   the prefix it is mounted under: "/nats", "https://app.example.com/nats/")
+ *   and gets /v1/ws appended.
  * @property {boolean} [reconnect=true] reconnect after a reconnectable close
  * @property {number} [reconnectDelay=500] first backoff delay, ms
  * @property {number} [maxReconnectDelay=30000] backoff cap, ms
@@ -268,7 +271,7 @@ function resolveURL(url, path, ws) {
   const u = new URL(url || path, base);
   if (ws && (u.protocol === 'http:' || u.protocol === 'https:')) u.protocol = u.protocol === 'https:' ? 'wss:' : 'ws:';
   if (!ws && (u.protocol === 'ws:' || u.protocol === 'wss:')) u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
-  if (url && (u.pathname === '/' || u.pathname === '')) u.pathname = path;
+  if (url && !u.pathname.endsWith(path)) u.pathname = u.pathname.replace(/\/+$/, '') + path;
   if (u.username || u.password || [...u.searchParams.keys()].some((k) => URL_TOKEN_PARAMS.includes(k.toLowerCase()))) {
     throw new TypeError('natsgate: never put a token in a URL; pass it as the token option');
   }

@@ -10,7 +10,8 @@
 //  4. publish→subscriber latency (HTTP in, WebSocket out) − direct NATS;
 //  5. RSS per idle authenticated WebSocket session;
 //  6. stored publish (/v1/js/publish) req/s ÷ nats.go's jetstream Publish;
-//  7. JetStream fan-out replay: WebSocket sessions each reading the same
+//  7. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put;
+//  8. JetStream fan-out replay: WebSocket sessions each reading the same
 //     stored messages from seq 1, messages/s ÷ nats.go ordered consumers.
 //
 // The machine is noisy, so every ratio's two sides are measured in
@@ -48,9 +49,9 @@ type options struct {
 	fanoutBytes  int
 	samples      int // row 4
 	sessions     int // row 5
-	replaySubs   int // row 7 subscribers
-	replayMsgs   int // row 7 stored messages each reads
-	replayRounds int // row 7 replays per side
+	replaySubs   int // row 8 subscribers
+	replayMsgs   int // row 8 stored messages each reads
+	replayRounds int // row 8 replays per side
 	settle       time.Duration
 	dialConc     int
 	rows         map[string]bool
@@ -59,7 +60,7 @@ type options struct {
 	verbose      bool
 }
 
-var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "jsreplay"}
+var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "kv", "jsreplay"}
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
@@ -67,8 +68,8 @@ func parseOptions(args []string) (*options, error) {
 	fs.DurationVar(&o.duration, "duration", 8*time.Second, "measured time per side (gateway and baseline) of the publish, batch and fan-out rows")
 	fs.IntVar(&o.slices, "slices", 8, "the two sides of a throughput row alternate this many times each")
 	fs.DurationVar(&o.warmup, "warmup", time.Second, "unmeasured warm-up per side before a throughput row")
-	fs.IntVar(&o.conns, "conns", 64, "publish and jspublish rows: keep-alive connections, one closed-loop worker each (jspublish: as many nats.go goroutines)")
-	fs.IntVar(&o.body, "body", 16, "publish and jspublish rows: request body bytes")
+	fs.IntVar(&o.conns, "conns", 64, "publish, jspublish and kv rows: keep-alive connections, one closed-loop worker each (jspublish, kv: as many nats.go goroutines)")
+	fs.IntVar(&o.body, "body", 16, "publish, jspublish and kv rows: request body (value) bytes")
 	fs.IntVar(&o.batch, "batch", 1000, "batch row: entries per POST /v1/publish (and messages per nats.go Flush)")
 	fs.IntVar(&o.entryBytes, "entry-bytes", 16, "batch row: payload bytes per entry")
 	fs.IntVar(&o.batchClients, "batch-clients", 4, "batch row: concurrent clients on each side")

@@ -6,6 +6,10 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +85,81 @@ func TestBusyNATSPortFailsAtOnce(t *testing.T) {
 	}
 	if d := time.Since(begin); d > 2*time.Second {
 		t.Fatalf("busy NATS port reported after %v", d)
+	}
+}
+
+func TestBannerCountsTokensAndNeverShowsThem(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "tokens.json")
+	if err := os.WriteFile(file, []byte(`{"tokens":[{"name":"a","token":"secret-a-123"},{"name":"b","token":"secret-b-456"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args    []string
+		want    string
+		secrets []string
+	}{
+		{[]string{"--token", "secret-only-789"}, "1 token loaded (--token)", []string{"secret-only-789"}},
+		{[]string{"--tokens-file", file}, "2 tokens loaded (" + file + ")", []string{"secret-a-123", "secret-b-456"}},
+	} {
+		s := start(t, nil, tc.args...)
+		out := s.stdout.String()
+		if !strings.Contains(out, tc.want) || !strings.Contains(out, "export TOKEN=") {
+			t.Errorf("%v: banner lacks %q:\n%s", tc.args, tc.want, out)
+		}
+		if !strings.Contains(s.stderr.String(), "tokens loaded") {
+			t.Errorf("%v: no tokens loaded log line", tc.args)
+		}
+		for _, secret := range tc.secrets {
+			if strings.Contains(out+s.stderr.String(), secret) {
+				t.Errorf("%v: a token appears on stdout or in the log", tc.args)
+			}
+		}
+		if tc.args[0] == "--tokens-file" && !strings.Contains(out, "kill -HUP "+strconv.Itoa(os.Getpid())) {
+			t.Errorf("the banner does not say which pid to signal:\n%s", out)
+		}
+	}
+}
+
+// TestReadmeRequestExampleIsNoResponders follows the README's "Try it":
+// with step 1's subscriber running, step 4's request finds no responder
+// (503), as the README promises, rather than a subscriber that never
+// answers (504).
+func TestReadmeRequestExampleIsNoResponders(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := regexp.MustCompile(`# 1\..*\n.*/v1/subscribe/([^'"\s]+)`).FindSubmatch(readme)
+	req := regexp.MustCompile(`# 4\..*\n(?:#.*\n)*.*/v1/request/([^?'"\s]+)`).FindSubmatch(readme)
+	if sub == nil || req == nil || !strings.Contains(string(readme), `503 "no responders"`) {
+		t.Fatal("the README's Try it no longer has steps 1 (subscribe) and 4 (request, 503 no responders)")
+	}
+	s := start(t, nil, "--token", "t")
+	stream, err := http.NewRequest("GET", s.base+"/v1/subscribe/"+string(sub[1]), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream.Header.Set("Authorization", "Bearer t")
+	resp, err := http.DefaultClient.Do(stream)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("step 1: %v %v", err, resp)
+	}
+	defer resp.Body.Close()
+	code, detail := problemOf(t, "POST", s.base+"/v1/request/"+string(req[1])+"?timeout=2s", "t")
+	if code != 503 || !strings.Contains(detail, "no responders") {
+		t.Fatalf("step 4 (%s) with step 1 (%s) running: %d %q, want 503 no responders", req[1], sub[1], code, detail)
+	}
+}
+
+func TestBrokenTokensFileNamesLineAndColumn(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "tokens.json")
+	if err := os.WriteFile(file, []byte("{\"tokens\":[\n  {\"name\":\"a\",\"token\":\"x\"},\n  {\"name\":\"b\" \"token\":\"y\"}\n]}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := run(context.Background(), []string{"--listen", "127.0.0.1:0", "--nats-listen", "off", "--tokens-file", file},
+		func(string) string { return "" }, io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "line 3, column 15") {
+		t.Fatalf("broken tokens file: %v, want its line 3, column 15", err)
 	}
 }

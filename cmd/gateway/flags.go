@@ -40,11 +40,15 @@ type config struct {
 	maxFrameBytes       int64
 	maxSubscriptions    int
 	maxSessions         int
+	maxStreams          int
 	maxInflight         int
 	shutdownTimeout     time.Duration
 	debugListen         string
 	logFormat           string
 	logLevel            string
+	tlsCert             string
+	tlsKey              string
+	trustedProxies      string
 	version             bool
 
 	set map[string]bool // flags given on the command line or in the environment
@@ -92,17 +96,21 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", 30*time.Second, "time allowed to send a request body")
 	fs.Int64Var(&c.maxBatchBytes, "max-batch-bytes", 16<<20, "largest batch publish body, in bytes")
-	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per client address per minute before 429 (negative: no limit)")
+	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per minute from one IPv4 address or IPv6 /64 (attempts in flight included) before 429; tokens already connected still pass (negative: no limit)")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "browser origins allowed besides the gateway's own, comma-separated host patterns (CORS and WebSocket)")
 	fs.DurationVar(&c.connectFrameTimeout, "ws-connect-timeout", 5*time.Second, "time a WebSocket client without an Authorization header has to send its connect frame")
 	fs.Int64Var(&c.maxFrameBytes, "ws-max-frame-bytes", 0, "largest WebSocket frame from a client (0: room for a max_payload message in base64)")
 	fs.IntVar(&c.maxSubscriptions, "ws-max-subscriptions", 1000, "subscriptions per WebSocket session")
 	fs.IntVar(&c.maxSessions, "ws-max-sessions-per-token", 10000, "open WebSocket sessions per token")
+	fs.IntVar(&c.maxStreams, "max-streams-per-token", 10000, "open SSE and NDJSON subscription streams per token; one more is refused with 429")
 	fs.IntVar(&c.maxInflight, "ws-max-inflight", 256, "requests and acknowledged publishes in flight per WebSocket session")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
 	fs.StringVar(&c.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (e.g. 127.0.0.1:6060); off when empty. Never expose it publicly")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.tlsCert, "tls-cert", "", "serve HTTPS (HTTP/2 and HTTP/1.1) with this PEM certificate (chain); needs --tls-key; reloaded on SIGHUP")
+	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs (or IPs) of reverse proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host headers are believed, for the client address (auth-failure limit, logs) and the same-origin check; everyone else's are ignored")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {

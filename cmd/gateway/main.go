@@ -59,10 +59,21 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := checkJetStreamFlags(cfg); err != nil {
 		return err
 	}
+	proxies, err := parseTrustedProxies(cfg.trustedProxies)
+	if err != nil {
+		return err
+	}
+	var cert *certificate // nil: plain HTTP
+	if cfg.tlsCert != "" || cfg.tlsKey != "" {
+		if cert, err = loadCertificate(cfg.tlsCert, cfg.tlsKey); err != nil {
+			return err
+		}
+	}
 
 	var (
-		embedded  *bridge.Embedded
-		generated string
+		embedded   *bridge.Embedded
+		generated  string
+		tokenCount int
 	)
 	poolCfg := bridge.Config{
 		URL:            cfg.natsURL,
@@ -99,6 +110,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 				fmt.Fprintf(stdout, "natsgate: JetStream keeps streams in %s, a temporary directory removed at exit (--store-dir DIR keeps them)\n", ecfg.StoreDir)
 			}
 		}
+		tokenCount = len(ecfg.Tokens)
 		if embedded, err = bridge.StartEmbedded(ecfg); err != nil {
 			if errors.Is(err, bridge.ErrListen) {
 				return fmt.Errorf("%w; choose another address with --nats-listen host:port, or --nats-listen off to serve only the gateway", err)
@@ -135,8 +147,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxBatchBytes:     cfg.maxBatchBytes,
 		AuthFailureLimit:  cfg.authFailureLimit,
 		AllowedOrigins:    splitList(cfg.allowedOrigins),
+		TrustedProxies:    proxies,
 		OpenAPI:           natsgate.OpenAPI,
 		Assets:            web.Assets,
+		// Subscription streams per token, as WS bounds sessions per token.
+		MaxStreamsPerToken: cfg.maxStreams,
 		WS: httpapi.WSConfig{
 			ConnectTimeout:      cfg.connectFrameTimeout,
 			MaxFrameBytes:       cfg.maxFrameBytes,
@@ -152,12 +167,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return fmt.Errorf("listen: %w", err)
 	}
 	base := "http://" + ln.Addr().String()
+	if cert != nil {
+		base = "https://" + ln.Addr().String()
+	}
 	// The address first: tools read it from this line (gatewayproc.ListenAddr).
 	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
-	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "nats", natsDescription(cfg, embedded))...)
-	if generated != "" {
-		printBanner(stdout, base, generated)
+	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "url", base, "nats", natsDescription(cfg, embedded))...)
+	tokens := describeTokens(cfg, embedded, tokenCount, generated)
+	if tokens.count > 0 {
+		logger.Info("tokens loaded", "count", tokens.count, "from", tokens.from)
 	}
+	printBanner(stdout, banner{base: base, embedded: embedded, natsURL: cfg.natsURL, tokens: tokens,
+		reloads: cfg.tokensFile != "" && embedded != nil || cert != nil})
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
@@ -169,7 +190,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ErrorLog:       slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
+	if cert != nil {
+		srv.TLSConfig = cert.tlsConfig()
+		srv.Protocols = new(http.Protocols)
+		srv.Protocols.SetHTTP1(true)
+		srv.Protocols.SetHTTP2(true)
+		go func() { serveErr <- srv.ServeTLS(ln, "", "") }()
+	} else {
+		go func() { serveErr <- srv.Serve(ln) }()
+	}
 	if cfg.debugListen != "" {
 		dbg, err := startDebug(cfg.debugListen)
 		if err != nil {
@@ -181,8 +210,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		logger.Info("pprof listening", "addr", cfg.debugListen)
 	}
 
+	// SIGHUP reloads the tokens file and the TLS pair, each keeping what
+	// it had when the new files are broken.
 	hup := make(chan os.Signal, 1)
-	if cfg.tokensFile != "" && embedded != nil {
+	if cfg.tokensFile != "" && embedded != nil || cert != nil {
 		signal.Notify(hup, syscall.SIGHUP)
 		defer signal.Stop(hup)
 	}
@@ -194,7 +225,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			_ = pool.Close(context.Background())
 			return fmt.Errorf("serve: %w", err)
 		case <-hup:
-			reloadTokens(logger, cfg.tokensFile, embedded, pool)
+			if cfg.tokensFile != "" && embedded != nil {
+				reloadTokens(logger, cfg.tokensFile, embedded, pool)
+			}
+			if cert != nil {
+				cert.reload(logger)
+			}
 		}
 	}
 
@@ -290,19 +326,6 @@ func natsDescription(cfg *config, e *bridge.Embedded) string {
 		return "embedded, native clients at " + u
 	}
 	return "embedded, in-process only"
-}
-
-func printBanner(w io.Writer, base, token string) {
-	fmt.Fprintf(w, `
-natsgate: no --token given, so this run uses a generated token (shown once, never logged):
-
-    %[2]s
-
-Try it (in a second terminal):
-    curl -N -H 'Authorization: Bearer %[2]s' %[1]s/v1/subscribe/demo
-    curl -H 'Authorization: Bearer %[2]s' -d 'hello' %[1]s/v1/publish/demo
-
-`, base, token)
 }
 
 // startDebug serves net/http/pprof on its own listener, apart from the API.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
 
 	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
@@ -45,6 +47,9 @@ func start(t *testing.T, env map[string]string, args ...string) *started {
 	for {
 		if addr, ok := gatewayproc.ListenAddr(s.stderr.String()); ok {
 			s.base = "http://" + addr
+			if slices.Contains(args, "--tls-cert") {
+				s.base = "https://" + addr
+			}
 			break
 		}
 		select {
@@ -96,13 +101,20 @@ func post(t *testing.T, url, token, body string) int {
 
 func TestRunEndToEndWithGeneratedToken(t *testing.T) {
 	s := start(t, nil)
-	m := regexp.MustCompile(`Bearer ([A-Za-z0-9_-]{20,})'`).FindStringSubmatch(s.stdout.String())
+	m := regexp.MustCompile(`(?m)^    export TOKEN=([A-Za-z0-9_-]{20,})$`).FindStringSubmatch(s.stdout.String())
 	if m == nil {
-		t.Fatalf("no generated token with a curl line on stdout:\n%s", s.stdout)
+		t.Fatalf("no generated token to paste (export TOKEN=…) on stdout:\n%s", s.stdout)
 	}
 	token := m[1]
-	if !strings.Contains(s.stdout.String(), "curl -H 'Authorization: Bearer "+token+"' -d 'hello' "+s.base+"/v1/publish/demo") {
-		t.Fatalf("no ready curl publish line:\n%s", s.stdout)
+	for _, want := range []string{
+		`curl -N -H "Authorization: Bearer $TOKEN" '` + s.base + `/v1/subscribe/demo.>'`,
+		`curl -i -H "Authorization: Bearer $TOKEN" -d 'hello' ` + s.base + "/v1/publish/demo.greeting",
+		"console:      " + s.base + "/",
+		"native NATS:  " + s.natsURL,
+	} {
+		if !strings.Contains(s.stdout.String(), want) {
+			t.Fatalf("the banner lacks %q:\n%s", want, s.stdout)
+		}
 	}
 
 	// A curl-style SSE subscriber and a native NATS subscriber both see
@@ -289,6 +301,73 @@ func TestTokensFileReloadOnSIGHUP(t *testing.T) {
 		t.Fatalf("kept token's session: %s %v", b, err)
 	}
 	if code := post(t, s.base+"/v1/publish/any", "keep-secret", ""); code != 204 {
+		t.Fatalf("kept token: %d", code)
+	}
+}
+
+// TestBcryptTokenRemovedDuringItsCheckLosesItsRights: the first request
+// with a bcrypt token is still being checked by the server when a reload
+// removes the token. That request, and every later one, is refused; none
+// inherits a connection accepted under the old tokens.
+func TestBcryptTokenRemovedDuringItsCheckLosesItsRights(t *testing.T) {
+	// The lowest bcrypt cost that takes at least 300 ms here (the race
+	// detector makes it several times slower), so the reload lands while
+	// the server compares.
+	var hash []byte
+	for cost := 8; hash == nil; cost++ {
+		start := time.Now()
+		h, err := bcrypt.GenerateFromPassword([]byte("slow-secret"), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(start) >= 300*time.Millisecond || cost == bcrypt.MaxCost {
+			hash = h
+		}
+	}
+	file := filepath.Join(t.TempDir(), "tokens.json")
+	write := func(body string) {
+		if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(`{"tokens":[{"name":"keep","token":"keep-secret"},{"name":"slow","token":"` + string(hash) + `"}]}`)
+	s := start(t, nil, "--tokens-file", file)
+	status := make(chan int, 1)
+	go func() {
+		req, _ := http.NewRequest("POST", s.base+"/v1/publish/x", nil)
+		req.Header.Set("Authorization", "Bearer slow-secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			status <- 0
+			return
+		}
+		resp.Body.Close()
+		status <- resp.StatusCode
+	}()
+	time.Sleep(60 * time.Millisecond)
+	select {
+	case code := <-status:
+		t.Fatalf("the first request was answered (%d) before the reload: bcrypt too fast for this test", code)
+	default:
+	}
+	write(`{"tokens":[{"name":"keep","token":"keep-secret"}]}`)
+	syscall.Kill(os.Getpid(), syscall.SIGHUP)
+	waitLog(t, s, "tokens file reloaded")
+	if code := <-status; code != 401 {
+		t.Fatalf("the request being checked during the reload: %d, want 401", code)
+	}
+	for range 3 {
+		if code := post(t, s.base+"/v1/publish/x", "slow-secret", ""); code != 401 {
+			t.Fatalf("the removed token after the reload: %d, want 401", code)
+		}
+	}
+	// The NATS server itself refuses it too: no pooled connection
+	// answers for it.
+	if nc, err := nats.Connect(s.natsURL, nats.Token("slow-secret")); err == nil {
+		nc.Close()
+		t.Fatal("a native client connected with the removed token")
+	}
+	if code := post(t, s.base+"/v1/publish/x", "keep-secret", ""); code != 204 {
 		t.Fatalf("kept token: %d", code)
 	}
 }

@@ -1,0 +1,65 @@
+package web_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/natsgate/natsgate"
+)
+
+// TestClientUnderAPrefix: a Go app mounts the gateway under /nats/; the
+// browser loads /nats/client.js and gives connect and subscribeStream the
+// prefix as their url.
+func TestClientUnderAPrefix(t *testing.T) {
+	gw, err := natsgate.New(natsgate.Options{Tokens: testTokens()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/app", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte("<!doctype html><title>app</title>"))
+	})
+	mux.Handle("/nats/", http.StripPrefix("/nats", gw))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		gw.Shutdown()
+		srv.Close()
+		_ = gw.Close(context.Background())
+	})
+	b := newBrowser(t)
+	b.do("loading the app page", chromedp.Navigate(srv.URL+"/app"))
+	for _, url := range []string{"/nats", "/nats/", srv.URL + "/nats"} {
+		got := eval[map[string]any](b, `(async () => {
+			const mod = await import('/nats/client.js');
+			const nc = await mod.connect({ url: `+js(url)+`, token: `+js(adminToken)+` });
+			let got;
+			const seen = new Promise((r) => got = r);
+			await nc.subscribe('prefix.ws', (m) => got(m.data));
+			await nc.publish('prefix.ws', 'over ws');
+			const wsData = await seen;
+			const ctl = new AbortController();
+			let streamed;
+			const sseSeen = new Promise((r) => streamed = r);
+			const done = mod.subscribeStream({ url: `+js(url)+`, token: `+js(adminToken)+`, subject: 'prefix.sse',
+				signal: ctl.signal, onMessage: (m) => streamed(m.data),
+				onOpen: () => nc.publish('prefix.sse', 'over sse') });
+			const sseData = await sseSeen;
+			ctl.abort();
+			await done;
+			const wsURL = nc.url;
+			nc.close();
+			return { wsData, sseData, wsURL };
+		})()`)
+		if got["wsData"] != "over ws" || got["sseData"] != "over sse" {
+			t.Fatalf("url %q: %v", url, got)
+		}
+		if u, _ := got["wsURL"].(string); len(u) < 11 || u[len(u)-11:] != "/nats/v1/ws" {
+			t.Fatalf("url %q: the client connected to %v, want …/nats/v1/ws", url, got["wsURL"])
+		}
+	}
+}
