@@ -183,7 +183,7 @@ func (c *Conn) check(m *Msg, maxSubject int) error {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, m.size(), max)
 	}
 	if !c.nc.IsConnected() {
-		return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+		return c.notConnected()
 	}
 	return nil
 }
@@ -350,7 +350,7 @@ var errLostInReconnect = fmt.Errorf("%w: the NATS connection was lost before the
 func (c *Conn) flush() error {
 	c.roundTrips.Add(1)
 	if !c.nc.IsConnected() { // a PING now would wait for the reconnect
-		return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+		return c.notConnected()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
 	defer cancel()
@@ -447,7 +447,7 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, sink Sink, 
 		}
 	}
 	if !c.nc.IsConnected() {
-		return nil, fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+		return nil, c.notConnected()
 	}
 	c.smu.Lock()
 	ss := c.subs[subject]

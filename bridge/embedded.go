@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 )
 
 // EmbeddedConfig configures the embedded nats-server.
@@ -28,6 +29,14 @@ type EmbeddedConfig struct {
 	// replace any authorization in ConfigFile; when nil the configuration
 	// file's own authorization applies.
 	Tokens []Token
+	// OIDC, when set, has the server authenticate every client through
+	// auth callout, answered by a service inside the gateway that accepts
+	// the OIDC tokens this verifier passes, and Tokens alongside. It
+	// replaces any authorization in ConfigFile, as Tokens does.
+	OIDC *OIDCVerifier
+	// Callout configures that service; its Issuer, OIDC and Tokens are
+	// set by StartEmbedded.
+	Callout CalloutConfig
 	// JetStream turns JetStream on, storing in StoreDir (file storage).
 	// Ignored with a ConfigFile, whose own jetstream {} block rules.
 	JetStream bool
@@ -62,9 +71,17 @@ func checkListen(opts *server.Options) error {
 
 // Embedded is a nats-server running inside the gateway process.
 type Embedded struct {
-	s    *server.Server
-	auth *tokenAuth
+	s         *server.Server
+	auth      *tokenAuth
+	callout   *Callout
+	calloutNC *nats.Conn
 }
+
+// embeddedMaxControlLine is the embedded server's max_control_line unless
+// its configuration file sets one: CONNECT, with the token in it, is one
+// control line, and nats-server's default of 4 KiB is too short for the
+// OIDC access tokens of some identity providers.
+const embeddedMaxControlLine = 64 << 10
 
 // loadServerConfig reads a nats-server configuration file the way
 // nats-server itself does.
@@ -129,8 +146,22 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, err
 	}
 	opts.NoSigs = true
-	var e Embedded
-	if cfg.Tokens != nil {
+	if opts.MaxControlLine == 0 {
+		opts.MaxControlLine = embeddedMaxControlLine
+	}
+	var (
+		e       Embedded
+		callout *calloutSetup
+	)
+	switch {
+	case cfg.OIDC != nil:
+		e.auth = newTokenAuth(cfg.Tokens)
+		opts.Authorization, opts.Username, opts.Password, opts.Users, opts.Nkeys = "", "", "", nil, nil
+		var err error
+		if callout, err = configureCallout(opts); err != nil {
+			return nil, err
+		}
+	case cfg.Tokens != nil:
 		e.auth = newTokenAuth(cfg.Tokens)
 		opts.CustomClientAuthentication = e.auth
 		opts.Authorization, opts.Username, opts.Password, opts.Users, opts.Nkeys = "", "", "", nil, nil
@@ -152,6 +183,17 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, errors.New("embedded nats-server did not become ready (is the NATS port in use?)")
 	}
 	e.s = s
+	if callout != nil {
+		ccfg := cfg.Callout
+		ccfg.Issuer, ccfg.OIDC, ccfg.Tokens = callout.issuer, cfg.OIDC, nil
+		if ccfg.Logger == nil {
+			ccfg.Logger = cfg.Logger
+		}
+		if err := e.startCallout(callout, ccfg); err != nil {
+			s.Shutdown()
+			return nil, err
+		}
+	}
 	return &e, nil
 }
 
@@ -169,13 +211,21 @@ func (e *Embedded) JetStreamEnabled() bool { return e.s.JetStreamEnabled() }
 // Ready reports whether the server is running and accepting clients.
 func (e *Embedded) Ready() bool { return e.s.Running() }
 
-// TokenName returns the tokens-file name of the token with this key, when
-// the server knows it.
+// TokenName returns the tokens-file name of the token with this key, or
+// the name the callout service gave its OIDC subject, when the server
+// knows it.
 func (e *Embedded) TokenName(key TokenKey) (string, bool) {
-	if e.auth == nil {
-		return "", false
+	if e.auth != nil {
+		if name, ok := e.auth.name(key); ok {
+			return name, true
+		}
 	}
-	return e.auth.name(key)
+	if e.callout != nil {
+		if name, _, ok := e.callout.Issued(key); ok {
+			return name, true
+		}
+	}
+	return "", false
 }
 
 // SetTokens replaces the accepted tokens (a tokens-file reload) and
@@ -206,6 +256,10 @@ func (e *Embedded) SetTokens(tokens []Token) ([]string, []TokenKey, error) {
 func (e *Embedded) Shutdown(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
+		if e.callout != nil {
+			e.callout.Stop()
+			e.calloutNC.Close()
+		}
 		e.s.Shutdown()
 		e.s.WaitForShutdown()
 		close(done)

@@ -35,19 +35,25 @@ func (p inProcess) InProcessConn() (net.Conn, error) {
 	}
 	b := &bufferedConn{Conn: c}
 	b.cond = sync.NewCond(&b.mu)
-	go b.pump()
 	return &tapConn{Conn: b, tap: newErrTap(p.perms)}, nil
 }
 
 // bufferedConn is a net.Conn whose Write copies into a bounded buffer that a
 // goroutine pumps into the underlying pipe. Reads go straight through.
+//
+// The pump runs only while there is something to write. nats.go does not
+// close the connection of a reconnect the server refused (an expired
+// token's, say) before it tries the next: an idle pump would wait on such
+// an abandoned connection for ever.
 type bufferedConn struct {
 	net.Conn
-	mu     sync.Mutex
-	cond   *sync.Cond
-	buf    []byte
-	closed bool
-	err    error
+	mu      sync.Mutex
+	cond    *sync.Cond
+	buf     []byte
+	spare   []byte // the pump's last buffer, for the next writes
+	pumping bool
+	closed  bool
+	err     error
 }
 
 func (b *bufferedConn) Write(p []byte) (int, error) {
@@ -63,24 +69,29 @@ func (b *bufferedConn) Write(p []byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	b.buf = append(b.buf, p...)
-	b.cond.Broadcast()
+	if !b.pumping {
+		b.pumping = true
+		go b.pump()
+	}
 	return len(p), nil
 }
 
-// pump moves buffered bytes to the pipe until the connection is closed or
-// the pipe fails; it is the connection's only writer to the pipe.
+// pump moves buffered bytes to the pipe until the buffer is empty, the
+// connection is closed or the pipe fails; it is the connection's only
+// writer to the pipe.
 func (b *bufferedConn) pump() {
 	var out []byte
 	for {
 		b.mu.Lock()
-		for len(b.buf) == 0 && !b.closed {
-			b.cond.Wait()
+		if out != nil {
+			b.spare = out[:0]
 		}
 		if len(b.buf) == 0 {
+			b.pumping = false
 			b.mu.Unlock()
 			return
 		}
-		out, b.buf = b.buf, out[:0]
+		out, b.buf, b.spare = b.buf, b.spare, nil
 		b.cond.Broadcast()
 		b.mu.Unlock()
 		if _, err := b.Conn.Write(out); err != nil {

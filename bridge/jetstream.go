@@ -89,7 +89,7 @@ var errEmbeddedWithoutJetStream = fmt.Errorf("%w: the embedded nats-server runs 
 // not an embedded server that has no JetStream at all.
 func (c *Conn) jsUsable() error {
 	if !c.nc.IsConnected() {
-		return fmt.Errorf("%w: not connected to NATS", ErrUnavailable)
+		return c.notConnected()
 	}
 	if e := c.pool.cfg.Server; e != nil && !e.JetStreamEnabled() {
 		return errEmbeddedWithoutJetStream

@@ -86,6 +86,10 @@ type StreamSubscription struct {
 	gap    *Gap
 	cons   jetstream.Consumer
 	it     jetstream.MessagesContext
+	// pending is what the consumer held for the subscription beyond the
+	// last message Next returned (or, before the first, at its creation);
+	// the owner's only.
+	pending uint64
 
 	stopped   chan struct{} // closed by Stop
 	closed    chan struct{} // closed once Close has removed the consumer
@@ -120,21 +124,14 @@ func (c *Conn) SubscribeStream(ctx context.Context, subject string, start Start,
 	if err := start.validate(); err != nil {
 		return nil, err
 	}
-	// A consumer delivers to an inbox, which the server does not check
-	// against the subject's permissions: ask the server whether this
-	// token may subscribe to the subject itself (a subscription of the
-	// subject already open answers at once).
-	probe, err := c.Subscribe(ctx, subject, "", discard{}, maxSubject)
-	if err != nil {
+	if err := c.maySubscribe(ctx, subject, maxSubject); err != nil {
 		return nil, err
 	}
-	probe.Close()
-
 	var (
 		info  *jetstream.StreamInfo
 		names []string
 	)
-	err = c.jsCall(ctx, func(ctx context.Context, js jetstream.JetStream) error {
+	err := c.jsCall(ctx, func(ctx context.Context, js jetstream.JetStream) error {
 		l := js.ListStreams(ctx, jetstream.WithStreamListSubject(subject))
 		for si := range l.Info() {
 			info = si
@@ -151,6 +148,27 @@ func (c *Conn) SubscribeStream(ctx context.Context, subject string, start Start,
 		slices.Sort(names)
 		return nil, fmt.Errorf("%w: %q is held by streams %s; subscribe to a subject within one of them", ErrSeveralStreams, subject, strings.Join(names, ", "))
 	}
+	return c.subscribeOn(ctx, info, subject, start, maxSubject)
+}
+
+// maySubscribe asks the server whether this token may subscribe to
+// subject. A consumer delivers to an inbox, which the server does not
+// check against the subject's permissions, so a JetStream subscription
+// asks first (a subscription of the subject already open answers at
+// once).
+func (c *Conn) maySubscribe(ctx context.Context, subject string, maxSubject int) error {
+	probe, err := c.Subscribe(ctx, subject, "", discard{}, maxSubject)
+	if err != nil {
+		return err
+	}
+	probe.Close()
+	return nil
+}
+
+// subscribeOn starts a JetStream subscription of subject on the stream
+// info describes, the caller having checked the subject and the token's
+// right to it.
+func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int) (*StreamSubscription, error) {
 	s := &StreamSubscription{c: c, stream: info.Config.Name, stopped: make(chan struct{}), closed: make(chan struct{})}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive}
 	switch {
@@ -172,7 +190,7 @@ func (c *Conn) SubscribeStream(ctx context.Context, subject string, start Start,
 		// meanwhile.
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, info.State.LastSeq+1
 	}
-	err = c.jsCall(ctx, func(ctx context.Context, js jetstream.JetStream) error {
+	err := c.jsCall(ctx, func(ctx context.Context, js jetstream.JetStream) error {
 		var err error
 		s.cons, err = js.OrderedConsumer(ctx, s.stream, cfg)
 		return err
@@ -180,7 +198,11 @@ func (c *Conn) SubscribeStream(ctx context.Context, subject string, start Start,
 	if err != nil {
 		return nil, err
 	}
-	s.gap = findGap(start, info.State, s.cons.CachedInfo())
+	ci := s.cons.CachedInfo()
+	s.gap = findGap(start, info.State, ci)
+	if ci != nil {
+		s.pending = ci.NumPending
+	}
 	pullBytes := max(PullBytes, int(c.nc.MaxPayload())+maxSubject+16<<10)
 	s.it, err = s.cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(PullBatch, pullBytes))
 	if err != nil {
@@ -261,9 +283,16 @@ func (s *StreamSubscription) Next() (*Msg, error) {
 			m.Header = nil
 		}
 		m.wire = m.size() + len(m.Subject)
+		s.pending = md.NumPending
 		return m, nil
 	}
 }
+
+// Pending is the number of messages the subscription's consumer held
+// beyond the last one Next returned, as the server counted when it sent
+// that message (before the first, when the consumer was made): 0 means
+// the subscription had caught up with the stream then. Owner only.
+func (s *StreamSubscription) Pending() uint64 { return s.pending }
 
 // Stop ends the subscription: Next returns ErrClosed. It may be called
 // from any goroutine, any number of times, and does not wait.

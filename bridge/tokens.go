@@ -306,7 +306,23 @@ func (a *tokenAuth) Check(c server.ClientAuthentication) bool {
 	if opts == nil || opts.Token == "" {
 		return false
 	}
-	token, key := opts.Token, KeyOf(opts.Token)
+	return a.decide(opts.Token, func(t *Token) {
+		c.RegisterUser(&server.User{Username: t.Name, Permissions: t.permissions()})
+	}) != nil
+}
+
+// lookup finds the entry token matches in the set in force, as Check
+// decides it (the callout service's way in).
+func (a *tokenAuth) lookup(token string) *Token { return a.decide(token, nil) }
+
+// decide finds the entry token matches. The bcrypt comparison runs
+// without the lock, against one version of the tokens; the decision is
+// taken under the lock, and only if no reload came in between (else it
+// starts over against the new tokens), so a reload either judges this
+// client by the new file or finds it registered (by admit, under the
+// lock) to disconnect it.
+func (a *tokenAuth) decide(token string, admit func(*Token)) *Token {
+	key := KeyOf(token)
 	for range maxDecideAttempts {
 		a.mu.RLock()
 		gen, t, hashed := a.gen, a.findLocked(key), a.hashed
@@ -328,10 +344,12 @@ func (a *tokenAuth) Check(c server.ClientAuthentication) bool {
 				}
 				a.verified[key] = t
 			}
-			c.RegisterUser(&server.User{Username: t.Name, Permissions: t.permissions()})
+			if admit != nil {
+				admit(t)
+			}
 		}
 		a.mu.Unlock()
-		return t != nil
+		return t
 	}
-	return false
+	return nil
 }

@@ -10,8 +10,10 @@ import (
 	"github.com/natsgate/natsgate/bridge"
 )
 
-// maxTokenLen bounds the tokens the gateway will pass on to NATS.
-const maxTokenLen = 4096
+// maxTokenLen bounds the tokens the gateway will pass on to NATS: room for
+// OIDC access tokens with many claims (the embedded server's
+// max_control_line is raised to match).
+const maxTokenLen = 16 << 10
 
 // urlTokenParams are query parameters that carry credentials in other
 // gateways (?authorization= is how Synadia's clients put a key in an

@@ -72,7 +72,8 @@ type gatewayOptions struct {
 	tokens    []bridge.Token
 	external  bool // reach the embedded server over TCP, as --nats-url would
 	jetstream bool
-	storeDir  string // with jetstream: where streams are kept; empty: a directory of the test's own
+	storeDir  string               // with jetstream: where streams are kept; empty: a directory of the test's own
+	oidc      *bridge.OIDCVerifier // accept OIDC tokens through the callout
 }
 
 // withJetStream runs the test gateway's embedded server with JetStream,
@@ -88,7 +89,7 @@ func startGateway(t testing.TB, opts ...func(*gatewayOptions)) *gateway {
 	}
 	logs := &gatewayproc.LogBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ecfg := bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: o.tokens, Logger: logger}
+	ecfg := bridge.EmbeddedConfig{Listen: "127.0.0.1:0", Tokens: o.tokens, OIDC: o.oidc, Logger: logger}
 	if o.jetstream {
 		ecfg.JetStream, ecfg.StoreDir = true, o.storeDir
 		if ecfg.StoreDir == "" {

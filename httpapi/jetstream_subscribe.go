@@ -123,7 +123,17 @@ func frameStart(f *frame) (*bridge.Start, error) {
 // room below the outbox's bound (outbox.pushPaced), with at most
 // bridge.PullBatch messages pulled ahead in the NATS client. A client
 // that takes nothing for SlowConsumerGrace ends the feed with errStalled.
-type jsFeed struct{ sub *bridge.StreamSubscription }
+//
+// A key-value watch is such a feed too (kv set): its entries, encoded for
+// the client's transport by entry, and its caught-up notice, current,
+// queued in order with them.
+type jsFeed struct {
+	sub *bridge.StreamSubscription
+
+	kv      *bridge.KVWatch
+	entry   func(*bridge.KVEntry) []byte
+	current []byte
+}
 
 // subscribeStream starts a JetStream subscription for a client. The
 // caller queues the gap notice, if any, then starts the feed with runFeed.
@@ -135,6 +145,26 @@ func (s *Server) subscribeStream(ctx context.Context, c *bridge.Conn, subject st
 	s.metrics.jsConsumersCreated.Inc()
 	s.metrics.jsSubscriptions.Inc()
 	return &jsFeed{sub: sub}, nil
+}
+
+// next is the feed's next item for the client's outbox; prefix goes
+// before a message's fields (WebSocket frames).
+func (f *jsFeed) next(prefix []byte) (outItem, error) {
+	if f.kv == nil {
+		m, err := f.sub.Next()
+		if err != nil {
+			return outItem{}, err
+		}
+		return outItem{prefix: prefix, msg: m, size: itemSize(m)}, nil
+	}
+	e, caughtUp, err := f.kv.Next()
+	switch {
+	case err != nil:
+		return outItem{}, err
+	case caughtUp:
+		return rawItem(f.current, true), nil
+	}
+	return rawItem(f.entry(e), false), nil
 }
 
 // runFeed feeds box, each message after prefix, until the feed is closed
@@ -149,9 +179,9 @@ func (s *Server) runFeed(feed *jsFeed, box *outbox, prefix []byte, end func(erro
 		s.metrics.jsSubscriptions.Dec()
 	}()
 	for {
-		m, err := feed.sub.Next()
+		it, err := feed.next(prefix)
 		if err == nil {
-			err = box.pushPaced(prefix, m, s.cfg.SlowConsumerGrace, feed.sub.Stopped(), s.metrics.jsPacedWaits)
+			err = box.pushPaced(it, s.cfg.SlowConsumerGrace, feed.sub.Stopped(), s.metrics.jsPacedWaits)
 		}
 		switch {
 		case err == nil:

@@ -96,7 +96,8 @@ func newMetrics(b Broker) *Metrics {
 		}),
 	}
 	m.reg.MustRegister(m.requests, m.latency, m.sessions, m.subscriptions, m.msgsIn, m.msgsOut, m.dropped,
-		m.slowClosed, m.authFailures, m.stored, m.streamOps, m.kvOps, m.jsSubscriptions, m.jsConsumersCreated, m.jsConsumersRemoved, m.jsPacedWaits,
+		m.slowClosed, m.authFailures, m.stored, m.streamOps, m.kvOps,
+		m.jsSubscriptions, m.jsConsumersCreated, m.jsConsumersRemoved, m.jsPacedWaits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "natsgate_nats_connections", Help: "NATS connections held by the gateway (one per distinct token).",

@@ -11,11 +11,31 @@ import (
 )
 
 // outItem is one message waiting for a client, with what goes before its
-// fields in a WebSocket frame (nil for streams).
+// fields in a WebSocket frame (nil for streams); or, with msg nil, bytes
+// already encoded for the client's transport (raw): a key-value entry, or
+// a notice that must come after the items before it (notice true).
 type outItem struct {
 	prefix []byte
 	msg    *bridge.Msg
+	raw    []byte
+	notice bool
 	size   int
+}
+
+// rawItem is an item of bytes already encoded for the transport.
+func rawItem(b []byte, notice bool) outItem {
+	return outItem{raw: b, notice: notice, size: len(b) + itemOverhead}
+}
+
+// messages counts the items of a batch that are messages, not notices.
+func messages(items []outItem) int {
+	n := 0
+	for _, it := range items {
+		if !it.notice {
+			n++
+		}
+	}
+	return n
 }
 
 // itemOverhead is what an item costs beyond its message's bytes.
@@ -127,12 +147,11 @@ var (
 	errStalled = errors.New("client stalled")
 )
 
-// pushPaced queues a message of a JetStream subscription, waiting while
+// pushPaced queues an item of a JetStream subscription, waiting while
 // the message lane is at its bound until the writer takes (the client
 // is reading), stop is closed, or the writer has taken nothing for grace
 // (errStalled). waits counts the pushes that had to wait.
-func (o *outbox) pushPaced(prefix []byte, m *bridge.Msg, grace time.Duration, stop <-chan struct{}, waits prometheus.Counter) error {
-	size := itemSize(m)
+func (o *outbox) pushPaced(it outItem, grace time.Duration, stop <-chan struct{}, waits prometheus.Counter) error {
 	var timer *time.Timer
 	for {
 		o.mu.Lock()
@@ -140,12 +159,12 @@ func (o *outbox) pushPaced(prefix []byte, m *bridge.Msg, grace time.Duration, st
 			o.mu.Unlock()
 			return errOutboxClosed
 		}
-		if o.bytes+size <= o.limit || len(o.items) == 0 {
+		if o.bytes+it.size <= o.limit || len(o.items) == 0 {
 			if o.items == nil {
 				o.items = make([]outItem, 0, 16)
 			}
-			o.items = append(o.items, outItem{prefix: prefix, msg: m, size: size})
-			o.bytes += size
+			o.items = append(o.items, it)
+			o.bytes += it.size
 			o.unlockWaking()
 			if timer != nil {
 				timer.Stop()

@@ -229,6 +229,7 @@ func (s *Server) addRoutes() chi.Router {
 	v1.Get("/v1/kvm/buckets/{bucket}", s.handleKVBucketInfo())
 	v1.Delete("/v1/kvm/buckets/{bucket}", s.handleKVBucketDelete())
 	v1.Get("/v1/kvm/buckets/{bucket}/keys", s.handleKVKeys())
+	v1.Get("/v1/kvm/buckets/{bucket}/watch", s.handleKVWatch())
 	// Synadia-compatible core routes.
 	v1.Put("/v1/nats/subjects/{subject}", s.handlePublish())
 	v1.Post("/v1/nats/subjects/{subject}", s.handleNATSRequest())

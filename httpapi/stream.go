@@ -141,16 +141,7 @@ func (s *Server) handleSubscribe(format func(*http.Request) streamFormat) http.H
 				if g := feed.sub.Gap(); g != nil {
 					box.pushCtrl(f.appendNotice(nil, gapNotice(g)))
 				}
-				go s.runFeed(feed, box, nil, func(err error) {
-					status, _ := classify(err)
-					n := errorNotice(status, err.Error())
-					if errors.Is(err, errStalled) {
-						s.metrics.slowClosed.WithLabelValues(f.name()).Inc()
-						n = errorNotice(http.StatusTooManyRequests, stalledMessage(s.cfg.SlowConsumerGrace))
-					}
-					box.close()
-					ended <- n
-				})
+				go s.runFeed(feed, box, nil, s.feedEnd(f, box, ended, stalledMessage(s.cfg.SlowConsumerGrace)))
 			case resume && (errors.Is(err, bridge.ErrNoStream) || errors.Is(err, bridge.ErrJetStreamUnavailable)):
 				start = nil // Last-Event-ID alone, and no stream holds the subject
 			default:
@@ -164,31 +155,54 @@ func (s *Server) handleSubscribe(format func(*http.Request) streamFormat) http.H
 			}
 			defer sub.Close()
 		}
-		status := make(chan bridge.Status, 8)
-		stop := c.Watch(func(st bridge.Status) {
-			select {
-			case status <- st:
-			default:
-			}
-		})
-		defer stop()
-		open := s.metrics.sessions.WithLabelValues(f.name())
-		open.Inc()
-		defer open.Dec()
-		s.metrics.subscriptions.Inc()
-		defer s.metrics.subscriptions.Dec()
-
-		// The http.Server's ReadTimeout bounds reading a request; a stream
-		// lives on after that.
-		_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
-		h := w.Header()
-		h.Set("Content-Type", f.contentType())
-		h.Set("Cache-Control", "no-cache")
-		h.Set("X-Accel-Buffering", "no")
-		w.WriteHeader(http.StatusOK)
-		s.pumpStream(w, r, c, f, box, wake, status, ended)
+		s.serveStream(w, r, c, f, box, wake, ended)
 		return nil
 	})
+}
+
+// feedEnd is what a stream does when its JetStream feed ends by itself
+// (runFeed's end): the outbox closes and the stream ends with the
+// notice, sent on ended; a client that read nothing is told stalled.
+func (s *Server) feedEnd(f streamFormat, box *outbox, ended chan<- notice, stalled string) func(error) {
+	return func(err error) {
+		status, _ := classify(err)
+		n := errorNotice(status, err.Error())
+		if errors.Is(err, errStalled) {
+			s.metrics.slowClosed.WithLabelValues(f.name()).Inc()
+			n = errorNotice(http.StatusTooManyRequests, stalled)
+		}
+		box.close()
+		ended <- n
+	}
+}
+
+// serveStream answers 200 and writes what box gets until the stream ends
+// (pumpStream), telling the client of its NATS connection's changes and
+// counting the stream meanwhile.
+func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, c *bridge.Conn, f streamFormat, box *outbox, wake <-chan struct{}, ended <-chan notice) {
+	status := make(chan bridge.Status, 8)
+	stop := c.Watch(func(st bridge.Status) {
+		select {
+		case status <- st:
+		default:
+		}
+	})
+	defer stop()
+	open := s.metrics.sessions.WithLabelValues(f.name())
+	open.Inc()
+	defer open.Dec()
+	s.metrics.subscriptions.Inc()
+	defer s.metrics.subscriptions.Dec()
+
+	// The http.Server's ReadTimeout bounds reading a request; a stream
+	// lives on after that.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	h := w.Header()
+	h.Set("Content-Type", f.contentType())
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	s.pumpStream(w, r, c, f, box, wake, status, ended)
 }
 
 // pumpStream writes a stream until it ends. Every write has a deadline, so
@@ -241,9 +255,13 @@ func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Co
 					buf = append(buf, c...)
 				}
 				for _, it := range b.items {
-					buf = f.appendMsg(buf, it.msg)
+					if it.msg == nil {
+						buf = append(buf, it.raw...)
+					} else {
+						buf = f.appendMsg(buf, it.msg)
+					}
 				}
-				out.Add(float64(len(b.items)))
+				out.Add(float64(messages(b.items)))
 				if b.dropped > 0 {
 					buf = f.appendNotice(buf, errorNotice(http.StatusTooManyRequests, fmt.Sprintf("slow consumer: %d dropped", b.dropped)))
 				}

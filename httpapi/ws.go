@@ -67,8 +67,9 @@ func (c *WSConfig) setDefaults() {
 // contract's close code when it fired.
 var noDeadline = context.Background()
 
-// connectFrameLimit bounds the frame read before authentication.
-const connectFrameLimit = 16 << 10
+// connectFrameLimit bounds the frame read before authentication: a
+// connect frame with a token of maxTokenLen.
+const connectFrameLimit = maxTokenLen + 1<<10
 
 // maxIDLen bounds sid and id values, which are echoed in frames.
 const maxIDLen = 64
@@ -86,6 +87,12 @@ type frame struct {
 	Deliver   json.RawMessage `json:"deliver"`
 	StartSeq  json.RawMessage `json:"start_seq"`
 	StartTime json.RawMessage `json:"start_time"`
+	// A key-value watch's; the non-strings raw, as for a sub.
+	Bucket         string          `json:"bucket"`
+	Filter         string          `json:"filter"`
+	Include        string          `json:"include"`
+	IgnoreDeletes  json.RawMessage `json:"ignoreDeletes"`
+	ResumeRevision json.RawMessage `json:"resumeRevision"`
 	wireMsg
 }
 
@@ -385,6 +392,8 @@ func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 		ss.sub(f)
 	case "unsub":
 		ss.unsub(f)
+	case "watch":
+		ss.watch(f)
 	case "pub":
 		ss.pub(f)
 	case "req":
@@ -411,23 +420,33 @@ func (ss *session) reply(f *frame, err error) {
 	if f.ID != "" {
 		b = append(append(append(b, `,"id":"`...), f.ID...), '"')
 	}
-	if f.Sid != "" && (f.Op == "sub" || f.Op == "unsub") {
+	if f.Sid != "" && (f.Op == "sub" || f.Op == "unsub" || f.Op == "watch") {
 		b = append(append(append(b, `,"sid":"`...), f.Sid...), '"')
 	}
 	ss.out.pushCtrl(append(b, '}'))
 }
 
-func (ss *session) sub(f *frame) {
+// sidFree checks a sub or watch frame's sid: given, not in use, and room
+// for one more subscription; else it answers the error.
+func (ss *session) sidFree(f *frame) bool {
 	s := ss.s
 	switch {
 	case f.Sid == "":
-		ss.reply(f, badRequest(`sub needs a "sid"`))
-		return
+		ss.reply(f, badRequest(`%s needs a "sid"`, f.Op))
+		return false
 	case ss.subs[f.Sid] != nil:
 		ss.reply(f, badRequest("sid %q is already subscribed", f.Sid))
-		return
+		return false
 	case len(ss.subs) >= s.cfg.WS.MaxSubscriptions:
 		ss.reply(f, fmt.Errorf("%w: at most %d subscriptions per session", errTooMany, s.cfg.WS.MaxSubscriptions))
+		return false
+	}
+	return true
+}
+
+func (ss *session) sub(f *frame) {
+	s := ss.s
+	if !ss.sidFree(f) {
 		return
 	}
 	start, err := frameStart(f)
@@ -637,11 +656,17 @@ func (ss *session) writeLoop() {
 				}
 			}
 			for _, it := range b.items {
-				if err := ss.netc.text(it.prefix, it.msg.JSONFields()); err != nil {
+				var err error
+				if it.msg == nil {
+					err = ss.netc.text(it.raw)
+				} else {
+					err = ss.netc.text(it.prefix, it.msg.JSONFields())
+				}
+				if err != nil {
 					return err
 				}
 			}
-			s.wsOut.Add(float64(len(b.items)))
+			s.wsOut.Add(float64(messages(b.items)))
 			if b.dropped > 0 {
 				return ss.netc.text(fmt.Appendf(nil, `{"op":"error","status":429,"message":"slow consumer: %d dropped"}`, b.dropped))
 			}

@@ -143,7 +143,7 @@ export interface ClientEvents {
   /** The gateway confirmed a subscription; resubscribed when it was made again after a reconnect. */
   subscribed: { sid: string; subject: string; resubscribed: boolean };
   closed: { code: number; reason: string; error: NatsgateError };
-  error: { error: Error; sid?: string; subject?: string };
+  error: { error: Error; sid?: string; subject?: string; bucket?: string };
   status: { op: 'status'; nats?: 'disconnected' | 'reconnected' | string; gateway?: string };
   slowconsumer: { dropped: number; message: string };
   /** A JetStream subscription's stream no longer holds messages it asked for. */
@@ -231,6 +231,12 @@ export class NatsgateClient extends EventTarget {
   }>;
   /** Closes for good (no reconnect). */
   close(): void;
+
+  /**
+   * A key-value bucket: entries over HTTP (fetch with the Authorization header, to this client's gateway and
+   * prefix; each call within options.timeout, else 504), watches over the session.
+   */
+  kv(bucket: string): KV;
 }
 
 /** Opens a session; resolves once connected, rejects (NatsgateError with .code and .status) if the first attempt fails. */
@@ -272,3 +278,66 @@ export interface StreamOptions {
  * callback throws, the stream is ended (the gateway drops the subscription) and the promise rejects with that error.
  */
 export function subscribeStream(opts: StreamOptions): Promise<void>;
+
+// ---- Key-value buckets ----
+
+/** A key's entry at one revision (README, "Key-value buckets"). */
+export interface KVEntry {
+  bucket: string;
+  key: string;
+  revision: number;
+  /** When it was stored (RFC 3339). */
+  created: string;
+  /** In a watch, how many entries it had yet to deliver after this one; 0 for get. */
+  delta: number;
+  /** DEL and PURGE (watches only) carry no value. */
+  operation: 'PUT' | 'DEL' | 'PURGE';
+  /** The value when it is valid UTF-8; undefined when it came as data_base64 (or for DEL/PURGE). */
+  data: string | undefined;
+  /** The value's bytes (empty for DEL/PURGE). */
+  bytes: Uint8Array;
+  /** Parses the value as JSON. */
+  json(): any;
+}
+
+export interface WatchOptions {
+  /** Keys to watch: `*` a token, a final `>` the rest. Default every key. */
+  filter?: string;
+  /** What comes first: each key's latest entry (lastValue, the default), every entry kept, or nothing old. */
+  include?: 'lastValue' | 'allHistory' | 'updatesOnly';
+  /** Leave out DEL and PURGE entries. */
+  ignoreDeletes?: boolean;
+  /** The watch has delivered the values current when it started (called again after each resume, once caught up). */
+  onCurrent?: () => void;
+}
+
+/** Ends a watch (resolves on the gateway's ok); carries its sid. */
+export type StopWatch = (() => Promise<void>) & { readonly sid: string };
+
+/**
+ * A bucket's handle. Failures reject with a NatsgateError carrying .status and .kind: 400 bad-key, 403,
+ * 404 no-bucket, 409/412 (below), 503 gateway or NATS unreachable or no JetStream, 504 no answer in time.
+ */
+export interface KV {
+  readonly bucket: string;
+  /** The key's latest value, or null when it has none (never set, deleted, purged). */
+  get(key: string): Promise<KVEntry | null>;
+  /**
+   * Stores value (as publish sends payloads: strings as is, bytes as bytes, anything else JSON) and resolves to the
+   * new revision. With revision, only if that is still the key's latest (0: only if it has no value); else rejects
+   * with status 412.
+   */
+  put(key: string, value: unknown, opts?: { revision?: number }): Promise<number>;
+  /** Stores only where the key has no value; resolves to the revision, else rejects with status 409. */
+  create(key: string, value: unknown): Promise<number>;
+  /** Deletes the value (history kept; purge: removed too). With revision, only over that one, else 412. */
+  delete(key: string, opts?: { revision?: number; purge?: boolean }): Promise<void>;
+  /** The keys that have a value, sorted, matching filter (one or several) if given. */
+  keys(filter?: string | string[]): Promise<string[]>;
+  /**
+   * Watches the bucket over the session; resolves, once the gateway confirmed it, to a function that stops it.
+   * After a reconnect (or a watch the gateway ended on its own) it is made again from one past the last revision
+   * delivered: onEntry sees each revision once, in order, and never one at or below one it saw.
+   */
+  watch(onEntry: (e: KVEntry) => void, opts?: WatchOptions): Promise<StopWatch>;
+}

@@ -538,6 +538,7 @@ export class NatsgateClient extends EventTarget {
       this.#emit('error', { error: new NatsgateError('frame is not JSON') });
       return;
     }
+    if (f.sid !== undefined && this.#watches.has(f.sid) && this.#onWatchFrame(f)) return;
     switch (f.op) {
       case 'connected': return this.#onConnected(f);
       case 'msg': {
@@ -620,6 +621,7 @@ export class NatsgateClient extends EventTarget {
         this.#emit('error', { error, sid: sub.sid, subject: sub.subject });
       }
     }
+    this.#resendWatches();
     if (this.#start) {
       this.#start.resolve(this);
       this.#start = null;
@@ -681,6 +683,7 @@ export class NatsgateClient extends EventTarget {
       if (sub.waiter) sub.waiter.reject(err);
     }
     this.#subs.clear();
+    this.#endWatches(err);
     if (this.#start) {
       this.#start.reject(err);
       this.#start = null;
@@ -1113,6 +1116,296 @@ export class NatsgateClient extends EventTarget {
     }
     this.#finish(1000, 'client closed', new NatsgateError('client closed', { code: 1000 }));
   }
+
+  // ---- Key-value buckets: entries over HTTP, watches over the session ----
+
+  /** @type {Map<string, Watch>} the watches by sid, made again after every reconnect */
+  #watches = new Map();
+
+  /**
+   * A key-value bucket (README, "Key-value buckets"). Entries go over
+   * HTTP (fetch with the Authorization header, to the gateway this client
+   * connects to, under its prefix), so they work while the session
+   * reconnects; watches go over the session and resume by revision.
+   * @param {string} bucket
+   * @returns {KV}
+   */
+  kv(bucket) {
+    if (typeof bucket !== 'string' || bucket === '') throw new TypeError('natsgate: kv needs a bucket name');
+    const b = encodeURIComponent(bucket);
+    const entry = (/** @type {string} */ key) => `/v1/kv/${b}/${encodeURIComponent(key)}`;
+    const revisionOf = async (/** @type {Response} */ resp) => Number(await resp.text());
+    return {
+      bucket,
+      get: async (key) => {
+        try {
+          const resp = await this.#kvFetch('GET', entry(key), { headers: { Accept: 'application/json' } });
+          return toEntry(await resp.json());
+        } catch (e) {
+          if (/** @type {NatsgateError} */ (e).kind === 'no-key') return null;
+          throw e;
+        }
+      },
+      put: async (key, value, opts = {}) => {
+        /** @type {Record<string, string>} */
+        const headers = { 'Content-Type': 'application/octet-stream' };
+        if (opts.revision !== undefined && opts.revision !== null) {
+          // Only over that revision; 0: only where the key has no value.
+          if (opts.revision === 0) headers['If-None-Match'] = '*';
+          else headers['If-Match'] = `"${opts.revision}"`;
+        }
+        return revisionOf(await this.#kvFetch('PUT', entry(key), { headers, body: bodyOf(value) }));
+      },
+      create: async (key, value) => revisionOf(await this.#kvFetch('POST', entry(key), {
+        headers: { 'Content-Type': 'application/octet-stream' }, body: bodyOf(value),
+      })),
+      delete: async (key, opts = {}) => {
+        /** @type {Record<string, string>} */
+        const headers = {};
+        if (opts.revision) headers['If-Match'] = `"${opts.revision}"`;
+        await this.#kvFetch('DELETE', entry(key) + (opts.purge ? '?purge=true' : ''), { headers });
+      },
+      keys: async (filter) => {
+        const q = new URLSearchParams();
+        for (const f of filter === undefined ? [] : [filter].flat()) q.append('filter', f);
+        const qs = q.toString();
+        const resp = await this.#kvFetch('GET', `/v1/kvm/buckets/${b}/keys${qs ? `?${qs}` : ''}`, {});
+        return /** @type {string[]} */ (await resp.json());
+      },
+      watch: (onEntry, opts = {}) => this.#watch(bucket, onEntry, opts),
+    };
+  }
+
+  /**
+   * One HTTP call to the gateway with the token, within options.timeout;
+   * resolves to the response when it is a success, else rejects with a
+   * NatsgateError carrying .status and .kind (412 precondition-failed,
+   * 404 no-bucket …), 503 when the gateway cannot be reached, 504 in time.
+   * @param {string} method
+   * @param {string} path under the gateway's base (its prefix included)
+   * @param {{headers?: Record<string, string>, body?: string|Uint8Array}} init
+   * @returns {Promise<Response>}
+   */
+  async #kvFetch(method, path, init) {
+    if (this.state === 'closed') throw new NatsgateError('client is closed', { status: 503 });
+    if (!headerSafe(this.#token)) {
+      throw new NatsgateError('natsgate: the token has characters an Authorization header cannot carry (control characters, or beyond U+00FF)', { status: 401 });
+    }
+    const u = new URL(this.url);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    const [p, q] = path.split('?');
+    u.pathname = `${u.pathname.replace(/\/v1\/ws\/?$/, '').replace(/\/+$/, '')}${p}`;
+    u.search = q ? `?${q}` : '';
+    const ms = this.options.timeout;
+    const late = () => new NatsgateError(`natsgate: no answer from the gateway within ${ms} ms to ${method} ${p}`, { status: 504 });
+    const ac = new AbortController();
+    const timer = ms > 0 ? setTimeout(() => ac.abort(), ms) : undefined;
+    try {
+      const resp = await fetch(u.href, {
+        method, body: init.body, signal: ac.signal, cache: 'no-store', credentials: 'omit',
+        headers: { ...init.headers, Authorization: `Bearer ${this.#token}` },
+      }).catch((e) => { throw ac.signal.aborted ? late() : new NatsgateError(`natsgate: cannot reach the gateway: ${e}`, { status: 503 }); });
+      if (!resp.ok) throw await httpError(resp);
+      return resp;
+    } catch (e) {
+      if (ac.signal.aborted && !(e instanceof NatsgateError)) throw late();
+      throw e;
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Starts a watch; resolves, once the gateway confirmed it, to a function
+   * that stops it. After a reconnect (or a watch the gateway ended on its
+   * own) it is made again from one past the last revision delivered, and
+   * onEntry never sees a revision at or below one it saw.
+   * @param {string} bucket
+   * @param {(e: KVEntry) => void} onEntry
+   * @param {WatchOptions} opts
+   * @returns {Promise<StopWatch>}
+   */
+  #watch(bucket, onEntry, opts) {
+    if (this.state === 'closed') return Promise.reject(new NatsgateError('client is closed', { status: 503 }));
+    if (typeof onEntry !== 'function') return Promise.reject(new TypeError('natsgate: watch needs an onEntry function'));
+    const sid = `w${++this.#sidSeq}`;
+    /** @type {Watch} */
+    const w = {
+      sid, bucket, filter: opts.filter, include: opts.include, ignoreDeletes: !!opts.ignoreDeletes,
+      onEntry, onCurrent: opts.onCurrent, lastRevision: 0, waiter: null, retry: null, failures: 0,
+    };
+    const stop = async () => {
+      if (this.#watches.get(sid) !== w) return;
+      this.#watches.delete(sid);
+      if (w.retry) clearTimeout(w.retry);
+      if (this.state !== 'connected') return;
+      try {
+        await this.#call('unsub', { op: 'unsub', sid });
+      } catch (e) {
+        if (/** @type {NatsgateError} */ (e).code === undefined) throw e; // a close ended the session, and the watch with it
+      }
+    };
+    stop.sid = sid;
+    return new Promise((resolve, reject) => {
+      w.waiter = { resolve: () => resolve(stop), reject };
+      this.#watches.set(sid, w);
+      if (this.state === 'connected') {
+        try {
+          this.#sendWatch(w);
+        } catch (e) {
+          this.#watches.delete(sid);
+          reject(e);
+        }
+      }
+    });
+  }
+
+  /**
+   * Sends a watch frame: resumeRevision one past the last revision
+   * delivered, once there is one. Without the gateway's answer within
+   * options.timeout the watch is given up (504), as a subscription is.
+   * @param {Watch} w
+   */
+  #sendWatch(w) {
+    const id = this.#nextId();
+    /** @type {Record<string, any>} */
+    const f = { op: 'watch', sid: w.sid, bucket: w.bucket, id };
+    if (w.filter) f.filter = w.filter;
+    if (w.ignoreDeletes) f.ignoreDeletes = true;
+    if (w.lastRevision > 0) f.resumeRevision = w.lastRevision + 1;
+    else if (w.include) f.include = w.include;
+    this.#send(f);
+    const ms = this.options.timeout;
+    const timer = ms > 0 ? setTimeout(() => {
+      const p = this.#pending.get(id);
+      if (!p) return;
+      this.#pending.set(id, quiet('sub'));
+      this.#kvReleaseSid(w.sid);
+      p.reject(new NatsgateError(`natsgate: no answer from the gateway within ${ms} ms to watching ${w.bucket}`, { status: 504 }));
+    }, ms) : undefined;
+    this.#pending.set(id, {
+      kind: 'sub', // kept across a close: the watch is made again on reconnect
+      timer,
+      resolve: () => {
+        if (w.waiter) w.waiter.resolve();
+        w.waiter = null;
+      },
+      reject: (err) => {
+        if (!w.waiter && this.#watches.get(w.sid) === w && watchRetryable(err)) {
+          this.#retryWatch(w);
+          return;
+        }
+        if (this.#watches.get(w.sid) === w) this.#watches.delete(w.sid);
+        if (w.waiter) w.waiter.reject(err);
+        else this.#emit('error', { error: err, sid: w.sid, bucket: w.bucket });
+        w.waiter = null;
+      },
+    });
+  }
+
+  /**
+   * Handles a frame of a watch: its entries, its caught-up notice, and an
+   * error frame without id (the gateway ended the watch on its own, which
+   * is then made again). Returns false for frames it leaves to #onFrame.
+   * @param {any} f
+   */
+  #onWatchFrame(f) {
+    const w = /** @type {Watch} */ (this.#watches.get(f.sid));
+    switch (f.op) {
+      case 'kv':
+        if (typeof f.revision !== 'number' || f.revision <= w.lastRevision) return true; // seen: a resume overlapped
+        w.lastRevision = f.revision;
+        w.failures = 0;
+        try {
+          w.onEntry(toEntry(f));
+        } catch (error) {
+          this.#emit('error', { error, sid: w.sid, bucket: w.bucket });
+        }
+        return true;
+      case 'status':
+        if (f.kv !== 'current') return false;
+        try {
+          w.onCurrent?.();
+        } catch (error) {
+          this.#emit('error', { error, sid: w.sid, bucket: w.bucket });
+        }
+        return true;
+      case 'error': {
+        if (f.id !== undefined || w.waiter) return false;
+        const err = new NatsgateError(f.message || 'error', { status: f.status });
+        this.#emit('error', { error: err, sid: w.sid, bucket: w.bucket });
+        if (watchRetryable(err)) this.#retryWatch(w);
+        else this.#watches.delete(w.sid);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Makes a watch again in this session, after a delay growing with each
+   * failure in a row (reconnectDelay doubled, up to maxReconnectDelay,
+   * with jitter); its sid is released first, as the gateway may still
+   * hold it. A reconnect meanwhile makes it again by itself.
+   * @param {Watch} w
+   */
+  #retryWatch(w) {
+    if (w.retry) return;
+    w.failures++;
+    let delay = Math.min(this.options.maxReconnectDelay, this.options.reconnectDelay * 2 ** (w.failures - 1));
+    delay = delay / 2 + Math.random() * delay / 2;
+    const ws = this.#ws;
+    w.retry = setTimeout(() => {
+      w.retry = null;
+      if (this.#watches.get(w.sid) !== w || ws !== this.#ws || this.state !== 'connected') return;
+      try {
+        this.#kvReleaseSid(w.sid);
+        this.#sendWatch(w);
+      } catch (error) {
+        this.#emit('error', { error, sid: w.sid, bucket: w.bucket });
+      }
+    }, delay);
+  }
+
+  /** Makes every watch again in a new session. */
+  #resendWatches() {
+    for (const w of this.#watches.values()) {
+      if (w.retry) clearTimeout(w.retry);
+      w.retry = null;
+      try {
+        this.#sendWatch(w);
+      } catch (error) {
+        this.#emit('error', { error, sid: w.sid, bucket: w.bucket });
+      }
+    }
+  }
+
+  /**
+   * Ends every watch with the client.
+   * @param {Error} err
+   */
+  #endWatches(err) {
+    for (const w of this.#watches.values()) {
+      if (w.retry) clearTimeout(w.retry);
+      if (w.waiter) w.waiter.reject(err);
+    }
+    this.#watches.clear();
+  }
+
+  /**
+   * Sends an unsub for a watch's sid whose answer nobody waits for.
+   * @param {string} sid
+   */
+  #kvReleaseSid(sid) {
+    if (this.state !== 'connected') return;
+    const id = this.#nextId();
+    this.#pending.set(id, quiet('unsub'));
+    try {
+      this.#send({ op: 'unsub', sid, id });
+    } catch {
+      this.#pending.delete(id);
+    }
+  }
 }
 
 /**
@@ -1291,4 +1584,98 @@ async function readStream(href, opts, signal) {
   } finally {
     reader.cancel().catch(() => { /* already ended */ });
   }
+}
+
+// ---- Key-value buckets: types and entries ----
+
+/**
+ * @typedef {object} KVEntry
+ * A key's entry at one revision (README, "Key-value buckets").
+ * @property {string} bucket
+ * @property {string} key
+ * @property {number} revision
+ * @property {string} created when it was stored (RFC 3339)
+ * @property {number} delta in a watch, how many entries it had yet to deliver after this one; 0 for get
+ * @property {'PUT'|'DEL'|'PURGE'} operation DEL and PURGE (watches only) carry no value
+ * @property {string|undefined} data the value when it is valid UTF-8
+ * @property {Uint8Array} bytes the value's bytes, from data or data_base64 (empty for DEL/PURGE)
+ * @property {() => any} json parses the value as JSON
+ */
+
+/**
+ * @typedef {object} WatchOptions
+ * @property {string} [filter] keys to watch (`*` a token, a final `>` the rest); default every key
+ * @property {'lastValue'|'allHistory'|'updatesOnly'} [include] what comes first: each key's latest
+ *   entry (default), every entry kept, or nothing old
+ * @property {boolean} [ignoreDeletes] leave out DEL and PURGE entries
+ * @property {() => void} [onCurrent] called when the watch has delivered the values current when it
+ *   started (again after each resume, once caught up)
+ */
+
+/**
+ * @typedef {(() => Promise<void>) & {sid: string}} StopWatch
+ * Ends a watch (resolves on the gateway's ok); carries its sid.
+ */
+
+/**
+ * @typedef {object} KV
+ * @property {string} bucket
+ * @property {(key: string) => Promise<KVEntry|null>} get the latest value, or null (no value)
+ * @property {(key: string, value: any, opts?: {revision?: number}) => Promise<number>} put stores and
+ *   resolves to the new revision; with revision, only over that one (0: only where the key has no
+ *   value), else rejects with status 412
+ * @property {(key: string, value: any) => Promise<number>} create stores only where the key has no
+ *   value, else rejects with status 409
+ * @property {(key: string, opts?: {revision?: number, purge?: boolean}) => Promise<void>} delete
+ *   deletes (with purge: its history too); with revision, only over that one (else 412)
+ * @property {(filter?: string|string[]) => Promise<string[]>} keys the keys with a value, sorted
+ * @property {(onEntry: (e: KVEntry) => void, opts?: WatchOptions) => Promise<StopWatch>} watch
+ */
+
+/**
+ * @typedef {object} Watch
+ * @property {string} sid
+ * @property {string} bucket
+ * @property {string|undefined} filter
+ * @property {string|undefined} include
+ * @property {boolean} ignoreDeletes
+ * @property {(e: KVEntry) => void} onEntry
+ * @property {(() => void)|undefined} onCurrent
+ * @property {number} lastRevision the last revision delivered to onEntry (0: none yet)
+ * @property {{resolve: () => void, reject: (e: Error) => void} | null} waiter
+ * @property {ReturnType<typeof setTimeout>|null} retry a scheduled re-watch in the same session
+ * @property {number} failures watches ended by the gateway in a row (for the retry backoff)
+ */
+
+/**
+ * Builds an entry from the wire's entry object.
+ * @param {any} f
+ * @returns {KVEntry}
+ */
+function toEntry(f) {
+  /** @type {string|undefined} */
+  const data = typeof f.data === 'string' ? f.data : undefined;
+  const bytes = data !== undefined ? te.encode(data)
+    : typeof f.data_base64 === 'string' ? fromBase64(f.data_base64) : new Uint8Array(0);
+  return {
+    bucket: f.bucket,
+    key: f.key,
+    revision: f.revision,
+    created: f.created,
+    delta: f.delta,
+    operation: f.operation,
+    data,
+    bytes,
+    json() { return JSON.parse(data !== undefined ? data : td.decode(bytes)); },
+  };
+}
+
+/**
+ * Whether a refused watch is worth making again later: NATS away (503),
+ * too busy (429), no answer (504) or an unknown failure.
+ * @param {any} err
+ */
+function watchRetryable(err) {
+  const st = err && err.status;
+  return st === undefined || st === 429 || st >= 500;
 }

@@ -37,6 +37,7 @@ function setState(state) {
   $('disconnect').disabled = !busy;
   $('token').disabled = busy;
   for (const id of ['sub-add', 'pub-send', 'req-send']) $(id).disabled = state !== 'connected';
+  kvState(state);
 }
 
 /** @param {string} state */
@@ -342,6 +343,166 @@ async function doRequest() {
     showError(e, `request ${subject}`);
   }
 }
+
+// ---- Key-value panel: pick a bucket, list its keys, edit a value (a put
+// expecting the revision shown), and watch the bucket change live. ----
+
+/**
+ * The open bucket: its handle, its watch and the latest entry of each key
+ * with a value, as the watch delivers them.
+ * @type {{kv: import('./client.js').KV, client: import('./client.js').NatsgateClient,
+ *   stop: (() => Promise<void>) | null, entries: Map<string, import('./client.js').KVEntry>} | null}
+ */
+let kvOpen = null;
+/** The revision the editor's value was loaded at: what a put expects (0: the key has no value). */
+let kvExpected = 0;
+
+/** @param {string} state the client's */
+function kvState(state) {
+  for (const id of ['kv-open', 'kv-put', 'kv-delete']) $(id).disabled = state !== 'connected';
+  if (state === 'disconnected' && kvOpen) kvClose();
+}
+
+function kvClose() {
+  const o = kvOpen;
+  kvOpen = null;
+  if (o && o.stop && o.client === client) o.stop().catch(() => {});
+  $('kv-keys').replaceChildren();
+  $('kv-watching').textContent = '';
+}
+
+/** @param {import('./client.js').KVEntry} e */
+function kvValueText(e) {
+  if (e.data !== undefined) return e.data;
+  return `[${e.bytes.length} bytes]`;
+}
+
+function kvRenderKeys() {
+  const list = $('kv-keys');
+  list.replaceChildren();
+  if (!kvOpen) return;
+  for (const key of [...kvOpen.entries.keys()].sort()) {
+    const e = /** @type {import('./client.js').KVEntry} */ (kvOpen.entries.get(key));
+    const li = el('li', 'kv-key');
+    li.dataset.key = key;
+    li.dataset.revision = String(e.revision);
+    const b = /** @type {HTMLButtonElement} */ (el('button', 'small link', key));
+    b.type = 'button';
+    b.addEventListener('click', () => kvSelect(key));
+    li.append(b, el('span', 'muted', `rev ${e.revision}`));
+    list.append(li);
+  }
+}
+
+/** Shows the selected key's latest entry (as the watch has it) beside the editor. */
+function kvShowCurrent() {
+  const cur = $('kv-current');
+  const key = $('kv-key').value.trim();
+  const e = kvOpen && key ? kvOpen.entries.get(key) : undefined;
+  cur.dataset.revision = e ? String(e.revision) : '0';
+  cur.className = `result ${e ? 'ok' : 'muted'}`;
+  cur.textContent = e ? `rev ${e.revision} (${e.created})\n${kvValueText(e)}` : key ? 'no value' : 'Pick a key.';
+}
+
+/** @param {number} rev */
+function kvSetExpected(rev) {
+  kvExpected = rev;
+  const out = $('kv-expected');
+  out.dataset.revision = String(rev);
+  out.textContent = rev ? `expects rev ${rev}` : 'new key';
+}
+
+/** Loads a key into the editor, with the revision a put will expect. @param {string} key */
+async function kvSelect(key) {
+  const o = kvOpen;
+  if (!o) return;
+  $('kv-key').value = key;
+  try {
+    const e = await o.kv.get(key);
+    if (kvOpen !== o || $('kv-key').value.trim() !== key) return;
+    $('kv-value').value = e ? kvValueText(e) : '';
+    kvSetExpected(e ? e.revision : 0);
+  } catch (err) {
+    showError(err, `get ${key}`);
+  }
+  kvShowCurrent();
+}
+
+async function kvOpenBucket() {
+  const c = client;
+  const bucket = $('kv-bucket').value.trim();
+  if (!c || !bucket) return;
+  kvClose();
+  /** @type {NonNullable<typeof kvOpen>} */
+  const o = { kv: c.kv(bucket), client: c, stop: null, entries: new Map() };
+  kvOpen = o;
+  try {
+    // The watch's lastValue entries list the keys; then it follows changes.
+    o.stop = await o.kv.watch((e) => {
+      if (kvOpen !== o) return;
+      if (e.operation === 'PUT') o.entries.set(e.key, e);
+      else o.entries.delete(e.key);
+      kvRenderKeys();
+      if (e.key === $('kv-key').value.trim()) kvShowCurrent();
+    }, { onCurrent: () => { if (kvOpen === o) $('kv-watching').textContent = `${bucket}: watching`; } });
+    if (kvOpen !== o) o.stop().catch(() => {});
+  } catch (e) {
+    if (kvOpen === o) kvOpen = null;
+    showError(e, `watch ${bucket}`);
+  }
+}
+
+/** @param {string} what @param {unknown} err */
+function kvFailed(what, err) {
+  const e = /** @type {any} */ (err);
+  const out = $('kv-result');
+  out.dataset.status = String(e.status || '');
+  out.textContent = e.status === 412 ? `${e.status}: changed elsewhere; pick the key again` : `${e.status || ''} failed`;
+  showError(err, what);
+}
+
+async function kvPut() {
+  const o = kvOpen;
+  const key = $('kv-key').value.trim();
+  if (!o || !key) return;
+  const out = $('kv-result');
+  try {
+    out.textContent = 'storing…';
+    const rev = await o.kv.put(key, $('kv-value').value, { revision: kvExpected });
+    out.dataset.status = '200';
+    out.textContent = `${now()} stored as rev ${rev}`;
+    kvSetExpected(rev);
+  } catch (e) {
+    kvFailed(`put ${key}`, e);
+  }
+}
+
+async function kvDelete() {
+  const o = kvOpen;
+  const key = $('kv-key').value.trim();
+  if (!o || !key) return;
+  const out = $('kv-result');
+  try {
+    await o.kv.delete(key, kvExpected ? { revision: kvExpected } : {});
+    out.dataset.status = '204';
+    out.textContent = `${now()} deleted ${key}`;
+    $('kv-value').value = '';
+    kvSetExpected(0);
+  } catch (e) {
+    kvFailed(`delete ${key}`, e);
+  }
+}
+
+onSubmit('kv-form', kvOpenBucket);
+onSubmit('kv-edit', kvPut);
+$('kv-delete').addEventListener('click', kvDelete);
+// A key typed by hand expects the revision the watch last saw for it (a
+// new key: none); picking it from the list loads its value too.
+$('kv-key').addEventListener('input', () => {
+  const e = kvOpen && kvOpen.entries.get($('kv-key').value.trim());
+  kvSetExpected(e ? e.revision : 0);
+  kvShowCurrent();
+});
 
 /** @param {string} id @param {() => unknown} fn */
 function onSubmit(id, fn) {

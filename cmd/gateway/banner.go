@@ -22,6 +22,12 @@ func describeTokens(cfg *config, e *bridge.Embedded, count int, generated string
 	switch {
 	case e == nil:
 		return tokenSource{from: "the NATS servers at --nats-url decide which tokens work"}
+	case cfg.oidc.issuer != "":
+		from := "OIDC access tokens of " + cfg.oidc.issuer + " for audience " + cfg.oidc.audience
+		if count > 0 {
+			from += fmt.Sprintf(", and %d static token(s)", count)
+		}
+		return tokenSource{from: from}
 	case generated != "":
 		return tokenSource{count: 1, from: "generated", generated: generated}
 	case cfg.tokensFile != "":

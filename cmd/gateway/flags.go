@@ -50,6 +50,7 @@ type config struct {
 	tlsKey              string
 	trustedProxies      string
 	version             bool
+	oidc                oidcFlags
 
 	set map[string]bool // flags given on the command line or in the environment
 }
@@ -112,6 +113,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&c.trustedProxies, "trusted-proxies", "", "comma-separated CIDRs (or IPs) of reverse proxies whose Forwarded / X-Forwarded-For / X-Forwarded-Proto / X-Forwarded-Host headers are believed, for the client address (auth-failure limit, logs) and the same-origin check; everyone else's are ignored")
 	fs.BoolVar(&c.version, "version", false, "print the version and exit")
+	addOIDCFlags(fs, &c.oidc)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(stderr, fs)
@@ -122,20 +124,26 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q (flags start with --)", fs.Args())
 	}
-	fs.Visit(func(f *flag.Flag) { c.set[f.Name] = true })
+	return c, applyEnv(fs, c.set, getenv)
+}
+
+// applyEnv notes the flags given on the command line in set, then fills
+// every other flag from its GATEWAY_* environment variable.
+func applyEnv(fs *flag.FlagSet, set map[string]bool, getenv func(string) string) error {
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
-		if c.set[f.Name] || envErr != nil || envName(f.Name) == "" {
+		if set[f.Name] || envErr != nil || envName(f.Name) == "" {
 			return
 		}
 		if v := getenv(envName(f.Name)); v != "" {
 			if err := fs.Set(f.Name, v); err != nil {
 				envErr = fmt.Errorf("%s: %w", envName(f.Name), err)
 			}
-			c.set[f.Name] = true
+			set[f.Name] = true
 		}
 	})
-	return c, envErr
+	return envErr
 }
 
 // printUsage writes --help: each flag with its GATEWAY_* twin and its
@@ -145,8 +153,14 @@ func printUsage(w io.Writer, fs *flag.FlagSet) {
 
 natsgate: HTTP and WebSocket gateway to a token-authenticated NATS server.
 Every flag can also be set by the environment variable shown beside it.
+natsgate callout --help: the auth callout service alone, for NATS servers of your own.
 
 `)
+	printFlags(w, fs)
+}
+
+// printFlags lists each flag with its GATEWAY_* twin and its default.
+func printFlags(w io.Writer, fs *flag.FlagSet) {
 	fs.VisitAll(func(f *flag.Flag) {
 		name, usage := flag.UnquoteUsage(f)
 		env := envName(f.Name)

@@ -41,6 +41,9 @@ func main() {
 // until ctx ends, then shut down in reverse order within a bound. Tests
 // call it directly with "--listen 127.0.0.1:0".
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "callout" {
+		return runCallout(ctx, args[1:], getenv, stderr)
+	}
 	cfg, err := parseFlags(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -57,6 +60,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	if err := checkJetStreamFlags(cfg); err != nil {
+		return err
+	}
+	if err := checkOIDCFlags(cfg); err != nil {
 		return err
 	}
 	proxies, err := parseTrustedProxies(cfg.trustedProxies)
@@ -96,6 +102,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		if ecfg.Tokens, generated, err = gatewayTokens(cfg); err != nil {
 			return err
+		}
+		if ecfg.OIDC, err = cfg.oidc.verifier(ctx, cfg.set); err != nil {
+			return err
+		}
+		if ecfg.OIDC != nil {
+			logger.Info("OIDC bearer tokens accepted through auth callout", "issuer", cfg.oidc.issuer, "audience", cfg.oidc.audience,
+				"permissions_claim", cfg.oidc.permissionsClaim, "default_permissions", cfg.oidc.defaultPermissions)
 		}
 		if cfg.natsConfig == "" && cfg.jetstream {
 			ecfg.JetStream, ecfg.StoreDir = true, cfg.storeDir
@@ -266,8 +279,8 @@ func checkJetStreamFlags(cfg *config) error {
 }
 
 // gatewayTokens decides the embedded server's tokens: the tokens file,
-// --token, the configuration file's own authorization, or a generated token
-// (returned so it can be printed once).
+// --token, none beside OIDC tokens, the configuration file's own
+// authorization, or a generated token (returned so it can be printed once).
 func gatewayTokens(cfg *config) (tokens []bridge.Token, generated string, err error) {
 	switch {
 	case cfg.tokensFile != "" && cfg.token != "":
@@ -277,6 +290,8 @@ func gatewayTokens(cfg *config) (tokens []bridge.Token, generated string, err er
 		return tokens, "", err
 	case cfg.token != "":
 		return []bridge.Token{{Name: "default", Token: cfg.token}}, "", nil
+	case cfg.oidc.issuer != "":
+		return nil, "", nil // OIDC tokens only
 	case cfg.natsConfig != "":
 		has, err := bridge.ConfigHasAuth(cfg.natsConfig)
 		if err != nil {
