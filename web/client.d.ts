@@ -14,6 +14,12 @@ export interface Message {
   bytes: Uint8Array;
   /** Parses the payload as JSON. */
   json(): any;
+  /** JetStream subscriptions: the stream that stored the message. */
+  stream?: string;
+  /** JetStream subscriptions: its stream sequence (what a resume starts one past). */
+  seq?: number;
+  /** JetStream subscriptions: when the stream stored it, RFC 3339 with nanoseconds. */
+  time?: string;
 }
 
 /** Ends a subscription (resolves on the gateway's ok); carries its sid and subject. */
@@ -69,7 +75,52 @@ export interface RequestOptions {
 }
 
 export interface SubscribeOptions {
+  /** Queue group; core subscriptions only. */
   queue?: string;
+  /**
+   * Makes it a JetStream subscription of the stream holding the subject, starting at the stream's first
+   * message (all), the subject's last (last), the next one stored (new) or the last of each subject.
+   * Give at most one of deliver, start_seq and start_time.
+   */
+  deliver?: 'all' | 'last' | 'new' | 'last_per_subject';
+  /** A JetStream subscription from this stream sequence (at least 1). */
+  start_seq?: number;
+  /** A JetStream subscription from the first message stored at or after this time (RFC 3339, or a Date). */
+  start_time?: string | Date;
+  /** Called when the stream no longer holds messages the subscription asked for; the 'gap' event fires too. */
+  onGap?: (gap: Gap) => void;
+}
+
+/**
+ * A JetStream subscription's start (the original, or one past the last seq delivered on a resume) is older than
+ * its stream's first message: the messages in between expired or were purged; delivery goes on from first_seq.
+ */
+export interface Gap {
+  sid: string;
+  subject: string;
+  first_seq: number;
+  requested_seq?: number;
+  requested_time?: string;
+}
+
+export interface JSPublishOptions {
+  /** NATS headers, sent as NatsH-<Name>; several values of one name reach NATS as one, joined with ", ". */
+  headers?: HeadersInit;
+  /**
+   * The Idempotency-Key (NATS message id, Nats-Msg-Id): a repeat within the stream's duplicate window (2 min by
+   * default) stores nothing new and resolves with duplicate: true. Retry a failed publish with the same msgId.
+   */
+  msgId?: string;
+  /** Timeout in ms for the whole HTTP exchange; past it, status 504. Default options.timeout. */
+  timeout?: number;
+}
+
+/** A stream's acknowledgement of a stored message. */
+export interface PubAck {
+  stream: string;
+  seq: number;
+  /** True when msgId repeated one within the duplicate window: nothing new was stored; seq is the original's. */
+  duplicate: boolean;
 }
 
 export type ClientState = 'connecting' | 'connected' | 'reconnecting' | 'closed';
@@ -95,6 +146,14 @@ export interface ClientEvents {
   error: { error: Error; sid?: string; subject?: string; bucket?: string };
   status: { op: 'status'; nats?: 'disconnected' | 'reconnected' | string; gateway?: string };
   slowconsumer: { dropped: number; message: string };
+  /** A JetStream subscription's stream no longer holds messages it asked for. */
+  gap: Gap;
+  /**
+   * A JetStream subscription whose feed the gateway ended (also reported as an 'error'), or whose re-subscription
+   * it refused for the time being (503 …), is made again in delay ms (at once if NATS reconnects first) from
+   * start_seq (undefined: from its original start, nothing having been delivered).
+   */
+  resuming: { sid: string; subject: string; delay: number; error: NatsgateError; start_seq: number | undefined };
 }
 
 /** Close codes after which the client reconnects by itself. */
@@ -134,8 +193,21 @@ export class NatsgateClient extends EventTarget {
    * Resolves, once the gateway confirmed it, to a function that unsubscribes. Re-made (same sid) after every reconnect.
    * Called while reconnecting, it is sent once connected. Rejects with 504 (and is given up) without the gateway's
    * answer within options.timeout of being sent.
+   *
+   * With deliver, start_seq or start_time it is a JetStream subscription: messages carry stream, seq and time, and
+   * after any reconnect it is re-made from start_seq one past the last seq delivered (before any, from its original
+   * start), so the handler sees every stored message once, in order (a seq at or below the last delivered is never
+   * passed on). Rejects with 404 when no stream holds the subject, 400 for a bad start, TypeError for two starts
+   * or a queue with one.
    */
   subscribe(subject: string, handler: (m: Message) => void, opts?: SubscribeOptions): Promise<Unsubscribe>;
+  /**
+   * Stores a message over HTTP (POST /v1/js/publish/{subject}, Authorization header) and resolves to the stream's
+   * acknowledgement. Rejects with a NatsgateError (.status, .kind): 404 no stream holds the subject, 409 an
+   * expectation (NatsH-Nats-Expected-* headers) not met, 403, 413, 401, 503 gateway or NATS unreachable, 504 no
+   * answer in time (it may have been stored: retry with the same msgId).
+   */
+  jsPublish(subject: string, data?: unknown, opts?: JSPublishOptions): Promise<PubAck>;
   /**
    * Resolves once the NATS server has the message; rejects with a NatsgateError (.status) otherwise:
    * 504 without an answer within options.timeout, 503 if not connected or the connection drops.
@@ -148,7 +220,15 @@ export class NatsgateClient extends EventTarget {
   request(subject: string, data?: unknown, opts?: RequestOptions): Promise<Message>;
   /** Round trip to the gateway; rejects with 504 without a pong within options.timeout, 503 if not connected. */
   ping(): Promise<void>;
-  readonly subscriptions: Array<{ sid: string; subject: string; queue: string | undefined }>;
+  /** The active subscriptions; jetstream: the original start and the last seq delivered. */
+  readonly subscriptions: Array<{
+    sid: string;
+    subject: string;
+    queue: string | undefined;
+    jetstream:
+      | { deliver?: string; start_seq?: number; start_time?: string; last_seq: number }
+      | undefined;
+  }>;
   /** Closes for good (no reconnect). */
   close(): void;
 
@@ -169,6 +249,9 @@ export function toMessage(wire: {
   headers?: Record<string, string[]>;
   data?: string;
   data_base64?: string;
+  stream?: string;
+  seq?: number;
+  time?: string;
 }): Message;
 
 export interface StreamOptions {

@@ -15,6 +15,12 @@
  *   await nc.publish('orders.eu', 'hello');           // resolves once the NATS server has it
  *   const reply = await nc.request('svc.echo', 'hi', { timeout: 2000 });
  *   await unsubscribe();
+ *
+ *   // JetStream: a stored publish (over HTTP), and a subscription that
+ *   // resumes by stream sequence after any reconnect
+ *   const ack = await nc.jsPublish('orders.eu', 'stored', { msgId: 'order-17' }); // {stream, seq, duplicate}
+ *   await nc.subscribe('orders.>', (m) => console.log(m.seq, m.data), { deliver: 'all' });
+ *   nc.on('gap', (g) => console.warn(`messages before ${g.first_seq} are gone`));
  *   nc.close();
  *
  * @module natsgate-client
@@ -72,6 +78,9 @@ export class NatsgateError extends Error {
  * @property {string|undefined} data the payload when it is valid UTF-8
  * @property {Uint8Array} bytes the payload's bytes, from data or data_base64
  * @property {() => any} json parses the payload as JSON
+ * @property {string} [stream] JetStream subscriptions: the stream holding the message
+ * @property {number} [seq] JetStream subscriptions: its stream sequence
+ * @property {string} [time] JetStream subscriptions: when the stream stored it (RFC 3339, ns)
  */
 
 /**
@@ -118,7 +127,42 @@ export class NatsgateError extends Error {
 
 /**
  * @typedef {object} SubscribeOptions
- * @property {string} [queue] queue group
+ * @property {string} [queue] queue group (core subscriptions only)
+ * @property {'all'|'last'|'new'|'last_per_subject'} [deliver] makes it a JetStream subscription
+ *   of the stream holding the subject, starting there
+ * @property {number} [start_seq] a JetStream subscription from this stream sequence on
+ * @property {string|Date} [start_time] a JetStream subscription from the first message stored
+ *   at or after this time (RFC 3339, or a Date)
+ * @property {(gap: Gap) => void} [onGap] called when the stream no longer holds messages the
+ *   subscription asked for (expired or purged); the 'gap' event fires too
+ */
+
+/**
+ * @typedef {object} Gap
+ * A JetStream subscription's start (the original one, or one past the last
+ * seq delivered, on a resume) is older than its stream's first message:
+ * the messages in between are gone, delivery goes on from first_seq.
+ * @property {string} sid
+ * @property {string} subject
+ * @property {number} first_seq
+ * @property {number} [requested_seq]
+ * @property {string} [requested_time]
+ */
+
+/**
+ * @typedef {object} JSPublishOptions
+ * @property {HeadersInit} [headers] NATS headers, sent as NatsH-<Name> (several values of a
+ *   name reach NATS as one, joined with ", ")
+ * @property {string} [msgId] the Idempotency-Key (Nats-Msg-Id): a repeat within the stream's
+ *   duplicate window stores nothing new and resolves with duplicate: true
+ * @property {number} [timeout] ms; default options.timeout
+ */
+
+/**
+ * @typedef {object} PubAck
+ * @property {string} stream
+ * @property {number} seq
+ * @property {boolean} duplicate
  */
 
 /** @typedef {'connecting'|'connected'|'reconnecting'|'closed'} ClientState */
@@ -153,7 +197,8 @@ export function toMessage(f) {
   const data = typeof f.data === 'string' ? f.data : undefined;
   const bytes = data !== undefined ? te.encode(data)
     : typeof f.data_base64 === 'string' ? fromBase64(f.data_base64) : new Uint8Array(0);
-  return {
+  /** @type {Message} */
+  const m = {
     subject: f.subject,
     reply: f.reply || undefined,
     headers: f.headers || {},
@@ -161,6 +206,12 @@ export function toMessage(f) {
     bytes,
     json() { return JSON.parse(data !== undefined ? data : td.decode(bytes)); },
   };
+  if (typeof f.seq === 'number') {
+    m.stream = f.stream;
+    m.seq = f.seq;
+    m.time = f.time;
+  }
+  return m;
 }
 
 /**
@@ -264,6 +315,17 @@ async function httpError(resp) {
  * @property {string|undefined} queue
  * @property {(m: Message) => void} handler
  * @property {{resolve: () => void, reject: (e: Error) => void} | null} waiter
+ * @property {JSState} [js] set for a JetStream subscription
+ */
+
+/**
+ * @typedef {object} JSState
+ * @property {Record<string, any>} start the original start position: {deliver}, {start_seq} or {start_time}
+ * @property {number} lastSeq the last seq delivered to the handler (0: none yet)
+ * @property {((g: Gap) => void)|undefined} onGap
+ * @property {number} failures feeds ended by the gateway in a row (for the resume backoff)
+ * @property {ReturnType<typeof setTimeout>|null} retry a scheduled resume in the same session
+ * @property {(() => void)|null} [now] runs that resume at once
  */
 
 /**
@@ -307,6 +369,13 @@ function quiet(kind) {
  * - status: the {"op":"status","nats":…} frame: the token's NATS
  *   connection went away ("disconnected") or came back ("reconnected")
  * - slowconsumer: {dropped, message} the gateway dropped messages
+ * - gap: {sid, subject, first_seq, requested_seq | requested_time} a
+ *   JetStream subscription's stream no longer holds messages it asked
+ *   for (expired or purged); delivery goes on from first_seq
+ * - resuming: {sid, subject, delay, error, start_seq} a JetStream
+ *   subscription whose feed the gateway ended, or whose re-subscription
+ *   it refused for the time being (503 …), is made again in delay ms
+ *   (at once if NATS comes back first), from start_seq
  */
 export class NatsgateClient extends EventTarget {
   /** @type {string} */
@@ -475,6 +544,13 @@ export class NatsgateClient extends EventTarget {
       case 'msg': {
         const sub = this.#subs.get(f.sid);
         if (!sub) return;
+        if (sub.js && typeof f.seq === 'number') {
+          // Every stored message once, in order: never one at or below
+          // the last delivered (a resume that overlapped, whatever the cause).
+          if (f.seq <= sub.js.lastSeq) return;
+          sub.js.lastSeq = f.seq;
+          sub.js.failures = 0;
+        }
         try {
           sub.handler(toMessage(f));
         } catch (error) {
@@ -488,6 +564,11 @@ export class NatsgateClient extends EventTarget {
         const p = f.id !== undefined ? this.#pending.get(f.id) : undefined;
         if (!p) {
           if (f.op !== 'error') return;
+          const sub = f.id === undefined && f.sid !== undefined ? this.#subs.get(f.sid) : undefined;
+          if (sub && sub.js && !sub.waiter) {
+            this.#feedEnded(sub, new NatsgateError(f.message || 'error', { status: f.status }));
+            return;
+          }
           const m = /^slow consumer: (\d+) dropped/.exec(f.message || '');
           if (m && f.status === 429) this.#emit('slowconsumer', { dropped: Number(m[1]), message: f.message });
           else this.#emit('error', { error: new NatsgateError(f.message || 'error', { status: f.status }) });
@@ -499,7 +580,14 @@ export class NatsgateClient extends EventTarget {
         else p.resolve(f.op === 'reply' ? toMessage(f) : undefined);
         return;
       }
-      case 'status': return this.#emit('status', f);
+      case 'status': {
+        if (f.gap && f.sid !== undefined) return this.#onGap(f);
+        if (f.nats === 'reconnected') {
+          // JetStream subscriptions waiting to be made again need not wait longer.
+          for (const sub of this.#subs.values()) if (sub.js && sub.js.now) sub.js.now();
+        }
+        return this.#emit('status', f);
+      }
       case 'pong': {
         const p = this.#pings.shift();
         if (p && !p.settled) {
@@ -522,6 +610,11 @@ export class NatsgateClient extends EventTarget {
     this.#openTimer = null;
     this.#schedulePing();
     for (const sub of this.#subs.values()) {
+      if (sub.js && sub.js.retry) {
+        // Made again here, from one past its last seq: a resume scheduled in the old session is moot.
+        clearTimeout(sub.js.retry);
+        sub.js.retry = sub.js.now = null;
+      }
       try {
         this.#sendSub(sub);
       } catch (error) {
@@ -586,6 +679,7 @@ export class NatsgateClient extends EventTarget {
     this.#stopTimers();
     this.#failPending(err);
     for (const sub of this.#subs.values()) {
+      if (sub.js && sub.js.retry) clearTimeout(sub.js.retry);
       if (sub.waiter) sub.waiter.reject(err);
     }
     this.#subs.clear();
@@ -662,6 +756,11 @@ export class NatsgateClient extends EventTarget {
     /** @type {Record<string, any>} */
     const f = { op: 'sub', sid: sub.sid, subject: sub.subject, id };
     if (sub.queue) f.queue = sub.queue;
+    if (sub.js) {
+      // A resume starts one past the last seq delivered; before any, where it was asked to.
+      if (sub.js.lastSeq > 0) f.start_seq = sub.js.lastSeq + 1;
+      else Object.assign(f, sub.js.start);
+    }
     this.#send(f); // answers arrive asynchronously, after the pending entry is set
     const ms = this.options.timeout;
     const ws = this.#ws;
@@ -688,6 +787,13 @@ export class NatsgateClient extends EventTarget {
         this.#emit('subscribed', { sid: sub.sid, subject: sub.subject, resubscribed });
       },
       reject: (err) => {
+        // A JetStream subscription made again (after a reconnect, or a
+        // feed the gateway ended) and refused for the time being (NATS
+        // away: 503 …) is tried again, from where it was.
+        if (!sub.waiter && sub.js && this.#subs.get(sub.sid) === sub && retryable(err)) {
+          this.#retryJS(sub, /** @type {NatsgateError} */ (err));
+          return;
+        }
         if (this.#subs.get(sub.sid) === sub) this.#subs.delete(sub.sid);
         if (sub.waiter) sub.waiter.reject(err);
         else this.#emit('error', { error: err, sid: sub.sid, subject: sub.subject });
@@ -702,6 +808,15 @@ export class NatsgateClient extends EventTarget {
    * the same sid, after every reconnect. If called while reconnecting, it
    * is sent once connected. Without the gateway's answer within
    * options.timeout of being sent it rejects with 504 and is given up.
+   *
+   * With deliver, start_seq or start_time (at most one, and no queue) it
+   * is a JetStream subscription of the stream holding the subject: each
+   * message has stream, seq and time, and after any reconnect (or a feed
+   * the gateway ended, see README) it is made again from start_seq one
+   * past the last seq delivered (before any, from the original start), so
+   * the handler sees every stored message once, in order; a seq at or
+   * below the last delivered is never passed on. Rejects with 404 when no
+   * stream holds the subject.
    * @param {string} subject may use * and a final >
    * @param {(m: Message) => void} handler
    * @param {SubscribeOptions} [opts]
@@ -710,12 +825,26 @@ export class NatsgateClient extends EventTarget {
   subscribe(subject, handler, opts = {}) {
     if (this.state === 'closed') return Promise.reject(new NatsgateError('client is closed', { status: 503 }));
     if (typeof handler !== 'function') return Promise.reject(new TypeError('natsgate: subscribe needs a handler'));
+    /** @type {Record<string, any>} */
+    const start = {};
+    if (opts.deliver !== undefined) start.deliver = opts.deliver;
+    if (opts.start_seq !== undefined) start.start_seq = opts.start_seq;
+    if (opts.start_time !== undefined) {
+      start.start_time = opts.start_time instanceof Date ? opts.start_time.toISOString() : opts.start_time;
+    }
+    const isJS = Object.keys(start).length > 0;
+    if (Object.keys(start).length > 1) {
+      return Promise.reject(new TypeError('natsgate: give at most one of deliver, start_seq and start_time'));
+    }
+    if (isJS && opts.queue) return Promise.reject(new TypeError('natsgate: a JetStream subscription takes no queue group'));
     const sid = `s${++this.#sidSeq}`;
     /** @type {Sub} */
     const sub = { sid, subject, queue: opts.queue, handler, waiter: null };
+    if (isJS) sub.js = { start, lastSeq: 0, onGap: opts.onGap, failures: 0, retry: null, now: null };
     const unsubscribe = async () => {
       if (this.#subs.get(sid) !== sub) return;
       this.#subs.delete(sid);
+      if (sub.js && sub.js.retry) clearTimeout(sub.js.retry);
       if (this.state !== 'connected') return;
       try {
         await this.#call('unsub', { op: 'unsub', sid });
@@ -823,9 +952,155 @@ export class NatsgateClient extends EventTarget {
     });
   }
 
+  /**
+   * A gap notice: {"op":"status","sid":…,"gap":{first_seq, requested_seq|requested_time}}.
+   * @param {any} f
+   */
+  #onGap(f) {
+    const sub = this.#subs.get(f.sid);
+    if (!sub) return;
+    /** @type {Gap} */
+    const gap = { sid: sub.sid, subject: sub.subject, ...f.gap };
+    // Nothing below first_seq exists any more: a resume before the next
+    // message starts there and is not told the same gap again.
+    if (sub.js && typeof gap.first_seq === 'number') sub.js.lastSeq = Math.max(sub.js.lastSeq, gap.first_seq - 1);
+    if (sub.js && sub.js.onGap) {
+      try {
+        sub.js.onGap(gap);
+      } catch (error) {
+        this.#emit('error', { error, sid: sub.sid, subject: sub.subject });
+      }
+    }
+    this.#emit('gap', gap);
+  }
+
+  /**
+   * The gateway ended a JetStream subscription's feed on its own (an error
+   * frame with its sid and no id: its consumer failed) while the session
+   * goes on. It is reported with an 'error' event; then, unless refused
+   * for good (a 4xx other than 429: the subscription is dropped), it is
+   * made again from one past the last seq delivered (#retryJS).
+   * @param {Sub} sub
+   * @param {NatsgateError} err
+   */
+  #feedEnded(sub, err) {
+    this.#emit('error', { error: err, sid: sub.sid, subject: sub.subject });
+    if (!retryable(err)) {
+      this.#subs.delete(sub.sid);
+      if (sub.js && sub.js.retry) clearTimeout(sub.js.retry);
+      this.#releaseSid(sub.sid);
+      return;
+    }
+    this.#retryJS(sub, err);
+  }
+
+  /**
+   * Makes a JetStream subscription again in this session, after a delay
+   * growing with each failure in a row (reconnectDelay doubled, up to
+   * maxReconnectDelay, with jitter), or at once when the token's NATS
+   * connection comes back ("reconnected"). Its sid is released with an
+   * unsub first, as the gateway may still hold it. A reconnect meanwhile
+   * makes it again by itself.
+   * @param {Sub} sub
+   * @param {NatsgateError} err
+   */
+  #retryJS(sub, err) {
+    const js = /** @type {JSState} */ (sub.js);
+    if (js.retry) return;
+    js.failures++;
+    let delay = Math.min(this.options.maxReconnectDelay, this.options.reconnectDelay * 2 ** (js.failures - 1));
+    delay = delay / 2 + Math.random() * delay / 2;
+    const ws = this.#ws;
+    const run = () => {
+      if (js.retry) clearTimeout(js.retry);
+      js.retry = null;
+      js.now = null;
+      if (this.#subs.get(sub.sid) !== sub || ws !== this.#ws || this.state !== 'connected') return;
+      try {
+        this.#releaseSid(sub.sid);
+        this.#sendSub(sub);
+      } catch (error) {
+        this.#emit('error', { error, sid: sub.sid, subject: sub.subject });
+      }
+    };
+    js.retry = setTimeout(run, delay);
+    js.now = run;
+    this.#emit('resuming', { sid: sub.sid, subject: sub.subject, delay, error: err, start_seq: js.lastSeq > 0 ? js.lastSeq + 1 : undefined });
+  }
+
+  /**
+   * Sends an unsub whose answer nobody waits for.
+   * @param {string} sid
+   */
+  #releaseSid(sid) {
+    if (this.state !== 'connected') return;
+    const id = this.#nextId();
+    this.#pending.set(id, quiet('unsub'));
+    try {
+      this.#send({ op: 'unsub', sid, id });
+    } catch {
+      this.#pending.delete(id);
+    }
+  }
+
+  /**
+   * Stores a message in the stream that holds the subject, over HTTP
+   * (POST /v1/js/publish/{subject} with the Authorization header, so it
+   * works while the session reconnects), and resolves to the stream's
+   * acknowledgement {stream, seq, duplicate} once the stream has it.
+   * With msgId (the Idempotency-Key, Nats-Msg-Id), a repeat within the
+   * stream's duplicate window (2 min by default) stores nothing new and
+   * resolves with duplicate: true: retrying after a failure with the same
+   * msgId stores a message at most once.
+   * Rejects with a NatsgateError carrying .status and .kind: 404 no
+   * stream holds the subject, 409 a Nats-Expected-* header not met, 403,
+   * 413, 503 (gateway or NATS unreachable), 504 no acknowledgement in
+   * time (it may have been stored: retry with the same msgId) …
+   * data as for publish.
+   * @param {string} subject
+   * @param {any} [data]
+   * @param {JSPublishOptions} [opts]
+   * @returns {Promise<PubAck>}
+   */
+  async jsPublish(subject, data, opts = {}) {
+    if (this.state === 'closed') throw new NatsgateError('client is closed', { status: 503 });
+    if (!headerSafe(this.#token)) {
+      throw new NatsgateError('natsgate: the token has characters an Authorization header cannot carry (control characters, or beyond U+00FF)', { status: 401 });
+    }
+    const u = new URL(this.url);
+    u.protocol = u.protocol === 'wss:' ? 'https:' : 'http:';
+    u.pathname = `${u.pathname.replace(/\/v1\/ws\/?$/, '').replace(/\/+$/, '')}/v1/js/publish/${encodeURIComponent(subject)}`;
+    u.search = '';
+    const headers = new Headers({ Authorization: `Bearer ${this.#token}`, 'Content-Type': 'application/octet-stream' });
+    const nh = normHeaders(opts.headers);
+    if (nh) {
+      for (const [k, vs] of Object.entries(nh)) for (const v of vs) headers.append(`NatsH-${k}`, v);
+    }
+    if (opts.msgId !== undefined) headers.set('Idempotency-Key', String(opts.msgId));
+    const ms = opts.timeout ?? this.options.timeout;
+    const late = () => new NatsgateError(`natsgate: no answer from the gateway within ${ms} ms to storing on ${subject}`, { status: 504 });
+    const ac = new AbortController();
+    const timer = ms > 0 ? setTimeout(() => ac.abort(), ms) : undefined;
+    try {
+      const resp = await fetch(u.href, { method: 'POST', headers, body: bodyOf(data), signal: ac.signal, cache: 'no-store', credentials: 'omit' })
+        .catch((e) => { throw ac.signal.aborted ? late() : new NatsgateError(`natsgate: cannot reach the gateway: ${e}`, { status: 503 }); });
+      if (!resp.ok) throw await httpError(resp);
+      const ack = await resp.json();
+      return { stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate === true };
+    } catch (e) {
+      if (ac.signal.aborted && !(e instanceof NatsgateError)) throw late();
+      throw e;
+    } finally {
+      if (timer) clearTimeout(timer);
+    }
+  }
+
   /** The sids and subjects of the active subscriptions. */
   get subscriptions() {
-    return [...this.#subs.values()].map((s) => ({ sid: s.sid, subject: s.subject, queue: s.queue }));
+    return [...this.#subs.values()].map((s) => ({
+      sid: s.sid, subject: s.subject, queue: s.queue,
+      jetstream: s.js ? { ...s.js.start, last_seq: s.js.lastSeq } : undefined,
+    }));
   }
 
   /** Closes the session for good (no reconnect). */
@@ -1148,6 +1423,15 @@ function closeStatus(code) {
   return undefined;
 }
 
+/**
+ * Whether a refusal may pass: no status (the connection), 429, 5xx.
+ * @param {any} err
+ */
+function retryable(err) {
+  const st = err && err.status;
+  return st === undefined || st === 429 || st >= 500;
+}
+
 /** @param {number} code @param {string} reason */
 function closeMessage(code, reason) {
   const what = {
@@ -1207,7 +1491,7 @@ export function connect(options) {
  */
 export async function subscribeStream(opts) {
   checkToken(opts.token);
-  if (/[^\x20-\x7e\x80-\xff]/.test(opts.token)) {
+  if (!headerSafe(opts.token)) {
     // fetch() would throw a TypeError, indistinguishable from a network error.
     throw new NatsgateError('natsgate: the token has characters an Authorization header cannot carry (control characters, or beyond U+00FF)', { status: 401 });
   }
@@ -1250,14 +1534,7 @@ async function readStream(href, opts, signal) {
   } catch (e) {
     throw new NatsgateError(`natsgate: cannot reach the gateway: ${e}`, { status: 503 });
   }
-  if (!resp.ok || !resp.body) {
-    let detail = resp.statusText;
-    try {
-      const p = await resp.json();
-      detail = p.detail || p.title || detail;
-    } catch { /* not problem+json */ }
-    throw new NatsgateError(`natsgate: ${resp.status} ${detail}`, { status: resp.status });
-  }
+  if (!resp.ok || !resp.body) throw await httpError(resp);
   const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
   let buf = '';
   let event = '';

@@ -117,7 +117,14 @@ function logMessage(m, sub) {
   row.dataset.subject = m.subject;
   row.dataset.sub = sub;
   const meta = el('div', 'meta');
-  meta.append(el('time', 'time', now()), el('span', 'subject', m.subject));
+  meta.append(el('time', 'time', now()));
+  if (m.seq !== undefined) {
+    // A JetStream subscription's message: its stream sequence, and the stream.
+    row.dataset.seq = String(m.seq);
+    meta.append(el('span', 'seq', `seq ${m.seq}`));
+  }
+  meta.append(el('span', 'subject', m.subject));
+  if (m.stream) meta.append(el('span', 'stream', m.stream));
   if (m.reply) meta.append(el('span', 'reply', `reply: ${m.reply}`));
   row.append(meta);
   const h = headersText(m.headers);
@@ -146,6 +153,12 @@ function renderSubs() {
     li.dataset.confirmed = String(confirmed);
     li.append(el('span', 'subject', s.subject));
     if (s.queue) li.append(el('span', 'queue', `queue ${s.queue}`));
+    if (s.jetstream) {
+      li.dataset.jetstream = 'true';
+      const j = s.jetstream;
+      const from = j.start_seq !== undefined ? `from seq ${j.start_seq}` : j.start_time !== undefined ? `from ${j.start_time}` : `deliver ${j.deliver}`;
+      li.append(el('span', 'jetstream', `JetStream, ${from}`));
+    }
     if (!confirmed) li.append(el('span', 'pending', 'pending'));
     const b = /** @type {HTMLButtonElement} */ (el('button', 'unsub small', 'unsubscribe'));
     b.type = 'button';
@@ -224,6 +237,13 @@ function doConnect() {
     logNotice(`slow consumer: ${dropped} dropped`, 'warn');
   }));
   c.on('error', mine(({ error, subject }) => showError(error, subject ? `subscription ${subject}` : 'gateway')));
+  c.on('gap', mine((g) => {
+    const asked = g.requested_seq !== undefined ? `seq ${g.requested_seq}` : g.requested_time;
+    logNotice(`gap on ${g.subject}: messages before seq ${g.first_seq} are gone (asked from ${asked})`, 'warn');
+  }));
+  c.on('resuming', mine(({ subject, delay, start_seq }) => {
+    logNotice(`resuming ${subject}${start_seq !== undefined ? ` from seq ${start_seq}` : ''} in ${Math.round(delay)} ms`, 'gateway');
+  }));
   setState('connecting');
   setNats('');
   // A failed first attempt ends in 'closed', which the listener shows.
@@ -241,12 +261,34 @@ function doDisconnect() {
   $('info').textContent = 'Not connected.';
 }
 
+/**
+ * The subscribe form's options: a queue, or a JetStream start position.
+ * @returns {import('./client.js').SubscribeOptions}
+ */
+function subscribeOptions() {
+  const queue = $('sub-queue').value.trim();
+  const deliver = $('sub-deliver').value;
+  if (deliver === 'start_seq') {
+    const seq = Number($('sub-seq').value);
+    if (!Number.isInteger(seq) || seq < 1) throw new Error('enter a start seq (an integer of at least 1)');
+    return { start_seq: seq };
+  }
+  if (deliver) return { deliver };
+  return queue ? { queue } : {};
+}
+
 async function doSubscribe() {
   const c = client;
   const subject = $('sub-subject').value.trim();
-  const queue = $('sub-queue').value.trim();
   if (!c || !subject) return;
-  const p = c.subscribe(subject, (m) => logMessage(m, subject), queue ? { queue } : {});
+  let opts;
+  try {
+    opts = subscribeOptions();
+  } catch (e) {
+    showError(e, `subscribe ${subject}`);
+    return;
+  }
+  const p = c.subscribe(subject, (m) => logMessage(m, subject), opts);
   renderSubs();
   try {
     const un = await p;
@@ -266,6 +308,12 @@ async function doPublish() {
   try {
     const headers = parseHeaders($('pub-headers').value);
     out.textContent = 'publishing…';
+    if ($('pub-stored').checked) {
+      const msgId = $('pub-msgid').value.trim();
+      const ack = await c.jsPublish(subject, $('pub-data').value, { headers, msgId: msgId || undefined });
+      out.textContent = `${now()} stored in ${ack.stream} seq ${ack.seq}${ack.duplicate ? ' (duplicate: stored before)' : ''}`;
+      return;
+    }
     await c.publish(subject, $('pub-data').value, headers ? { headers } : {});
     out.textContent = `${now()} published to ${subject}`;
   } catch (e) {
@@ -474,5 +522,12 @@ $('log-clear').addEventListener('click', () => {
   logCount();
 });
 $('errors-clear').addEventListener('click', () => $('errors').replaceChildren());
+// A JetStream start position takes no queue group; "from seq" needs a seq.
+$('sub-deliver').addEventListener('change', () => {
+  const d = $('sub-deliver').value;
+  $('sub-seq').disabled = d !== 'start_seq';
+  $('sub-queue').disabled = d !== '';
+});
+$('pub-stored').addEventListener('change', () => { $('pub-msgid').disabled = !$('pub-stored').checked; });
 setState('disconnected');
 document.documentElement.dataset.ready = 'true';

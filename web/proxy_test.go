@@ -30,6 +30,7 @@ type proxy struct {
 	mu       sync.Mutex
 	thawed   chan struct{} // closed while forwarding
 	kickCode uint16        // 0: forward sessions untouched
+	isDown   bool          // new connections are closed at once, as by a host that is down
 	conns    map[net.Conn]struct{}
 	upgrades []time.Time // when each WebSocket upgrade answer went through
 }
@@ -67,6 +68,12 @@ func (p *proxy) accept() {
 			continue
 		}
 		p.mu.Lock()
+		if p.isDown { // checked with the registration, so down's cut misses nothing
+			p.mu.Unlock()
+			_ = c.Close()
+			_ = up.Close()
+			continue
+		}
 		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
 		kick := p.kickCode
 		p.mu.Unlock()
@@ -263,6 +270,22 @@ func (p *proxy) cut() {
 	for _, c := range conns {
 		_ = c.Close()
 	}
+}
+
+// down cuts every connection and closes new ones at once, as a gateway
+// that is down would, until up.
+func (p *proxy) down() {
+	p.mu.Lock()
+	p.isDown = true
+	p.mu.Unlock()
+	p.cut()
+}
+
+// up forwards new connections again.
+func (p *proxy) up() {
+	p.mu.Lock()
+	p.isDown = false
+	p.mu.Unlock()
 }
 
 // refuse stops listening: new connections are refused, as by a gateway

@@ -9,8 +9,10 @@
 //  3. WebSocket fan-out messages/s ÷ nats-server's own WebSocket listener;
 //  4. publish→subscriber latency (HTTP in, WebSocket out) − direct NATS;
 //  5. RSS per idle authenticated WebSocket session;
-//  6. stored publish (/v1/js/publish) req/s ÷ nats.go's jetstream Publish.
-//  7. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put.
+//  6. stored publish (/v1/js/publish) req/s ÷ nats.go's jetstream Publish;
+//  7. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put;
+//  8. JetStream fan-out replay: WebSocket sessions each reading the same
+//     stored messages from seq 1, messages/s ÷ nats.go ordered consumers.
 //
 // The machine is noisy, so every ratio's two sides are measured in
 // alternating slices of the same run. See BENCHMARKS.md.
@@ -47,6 +49,9 @@ type options struct {
 	fanoutBytes  int
 	samples      int // row 4
 	sessions     int // row 5
+	replaySubs   int // row 8 subscribers
+	replayMsgs   int // row 8 stored messages each reads
+	replayRounds int // row 8 replays per side
 	settle       time.Duration
 	dialConc     int
 	rows         map[string]bool
@@ -55,7 +60,7 @@ type options struct {
 	verbose      bool
 }
 
-var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "kv"}
+var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "kv", "jsreplay"}
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
@@ -73,10 +78,13 @@ func parseOptions(args []string) (*options, error) {
 	fs.IntVar(&o.fanoutBytes, "fanout-bytes", 32, "fan-out row: payload bytes")
 	fs.IntVar(&o.samples, "samples", 2000, "latency row: samples per side")
 	fs.IntVar(&o.sessions, "sessions", 10000, "rss row: idle sessions opened")
+	fs.IntVar(&o.replaySubs, "replay-subs", 1000, "jsreplay row: WebSocket sessions (and nats.go ordered consumers) reading the stream from seq 1")
+	fs.IntVar(&o.replayMsgs, "replay-msgs", 10000, "jsreplay row: stored messages (of -fanout-bytes) each subscriber reads")
+	fs.IntVar(&o.replayRounds, "replay-rounds", 1, "jsreplay row: replays per side, alternating (each about 2 min at the defaults on 2 cores)")
 	fs.DurationVar(&o.settle, "settle", 5*time.Second, "rss row: wait after opening the sessions before reading RSS")
 	fs.IntVar(&o.dialConc, "dial-concurrency", 64, "WebSocket sessions opened at once")
 	rows := fs.String("rows", "all", "rows to run, comma-separated: "+strings.Join(allRows, ","))
-	quick := fs.Bool("quick", false, "short run (under a minute): -duration 2s -slices 2 -warmup 300ms -samples 500 -settle 2s -fanout-msgs 300; explicit flags win")
+	quick := fs.Bool("quick", false, "short run (about a minute): -duration 2s -slices 2 -warmup 300ms -samples 500 -settle 2s -fanout-msgs 300 -replay-msgs 1000 -replay-rounds 1; explicit flags win")
 	fs.StringVar(&o.gatewayBin, "gateway", "", "use this gateway binary instead of building ./cmd/gateway")
 	fs.StringVar(&o.ref, "ref", "", "build the gateway from this git revision (exported with git archive) instead of the working tree")
 	fs.BoolVar(&o.verbose, "v", false, "copy the gateway's log to stderr")
@@ -93,7 +101,7 @@ func parseOptions(args []string) (*options, error) {
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]string{"duration": "2s", "slices": "2", "warmup": "300ms", "samples": "500", "settle": "2s", "fanout-msgs": "300"} {
+		for name, v := range map[string]string{"duration": "2s", "slices": "2", "warmup": "300ms", "samples": "500", "settle": "2s", "fanout-msgs": "300", "replay-msgs": "1000", "replay-rounds": "1"} {
 			if !set[name] {
 				_ = fs.Set(name, v)
 			}
@@ -122,7 +130,8 @@ func parseOptions(args []string) (*options, error) {
 	switch {
 	case o.duration <= 0 || o.slices <= 0:
 		return nil, fmt.Errorf("-duration and -slices must be positive")
-	case o.conns <= 0 || o.batch <= 0 || o.batchClients <= 0 || o.subs <= 0 || o.fanoutMsgs <= 0 || o.samples <= 0 || o.sessions <= 0 || o.dialConc <= 0:
+	case o.conns <= 0 || o.batch <= 0 || o.batchClients <= 0 || o.subs <= 0 || o.fanoutMsgs <= 0 || o.samples <= 0 || o.sessions <= 0 || o.dialConc <= 0 ||
+		o.replaySubs <= 0 || o.replayMsgs <= 0 || o.replayRounds <= 0:
 		return nil, fmt.Errorf("counts must be positive")
 	}
 	return o, nil

@@ -49,6 +49,9 @@ func rowTitle(name string, o *options) string {
 		return fmt.Sprintf("Gateway RSS per idle authenticated WebSocket session, at %s", fmtInt(float64(o.sessions)))
 	case "kv":
 		return fmt.Sprintf("Key-value GET and PUT over HTTP, %d keep-alive conns, %d B values", o.conns, o.body)
+	case "jsreplay":
+		return fmt.Sprintf("JetStream fan-out replay: %s WebSocket subscribers each reading the same %s stored messages of %d B from seq 1 (deliver all), memory stream",
+			fmtInt(float64(o.replaySubs)), fmtInt(float64(o.replayMsgs)), o.fanoutBytes)
 	}
 	return name
 }
@@ -71,6 +74,8 @@ func (b *bench) runRow(ctx context.Context, name string) (row, error) {
 		err = b.rowRSS(ctx, &r)
 	case "kv":
 		err = b.rowKV(ctx, &r)
+	case "jsreplay":
+		err = b.rowJSReplay(ctx, &r)
 	}
 	return r, err
 }

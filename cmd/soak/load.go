@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -115,6 +117,24 @@ func (s *subscriber) take(f *frame) {
 	}
 }
 
+// collapse writes runs of the same note once, with their count.
+func collapse(notes []string) []string {
+	var out []string
+	for i := 0; i < len(notes); {
+		j := i
+		for j < len(notes) && notes[j] == notes[i] {
+			j++
+		}
+		if j-i > 1 {
+			out = append(out, fmt.Sprintf("%s ×%d", notes[i], j-i))
+		} else {
+			out = append(out, notes[i])
+		}
+		i = j
+	}
+	return out
+}
+
 func parseSeq(data string) (uint64, bool) {
 	head, _, ok := strings.Cut(data, "|")
 	if !ok {
@@ -162,8 +182,10 @@ type soak struct {
 	subs []*subscriber
 
 	outcomes counter
+	js       jsState
 
 	t0, downAt, downDone, upAt, stopAt time.Time
+	killAt, gwUpAt                     time.Time // the gateway's SIGKILL, and when it answered again
 }
 
 func newSoak(o options, base, token string) *soak {
@@ -201,11 +223,17 @@ func (sk *soak) waitSubscribed(ctx context.Context, limit time.Duration) error {
 				n++
 			}
 		}
-		if n == len(sk.subs) {
-			return nil
+		for _, s := range sk.js.subs {
+			s.mu.Lock()
+			if s.subscribed {
+				n++
+			}
+			s.mu.Unlock()
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("only %d of %d subscribers subscribed within %v", n, len(sk.subs), limit)
+		if all := len(sk.subs) + len(sk.js.subs); n == all {
+			return nil
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d subscribers subscribed within %v", n, all, limit)
 		}
 		if !sleepCtx(ctx, 50*time.Millisecond) {
 			return ctx.Err()
@@ -381,6 +409,9 @@ func (sk *soak) dialWS(ctx context.Context) (*websocket.Conn, error) {
 	if err != nil {
 		if resp != nil {
 			return nil, fmt.Errorf("upgrade %d", resp.StatusCode)
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return nil, errors.New("connection refused") // the gateway is down
 		}
 		return nil, err
 	}
@@ -625,7 +656,13 @@ func (sk *soak) report(w io.Writer, samples []sample, exit string) bool {
 		lastUp = lastNoticeUp
 	}
 	winFrom, winTo := firstDown.Add(-sk.o.margin), lastUp.Add(sk.o.margin)
-	inWindow := func(r *pubRecord) bool { return !r.acked.Before(winFrom) && !r.acked.After(winTo) }
+	// The gateway's SIGKILL takes with it what it had acknowledged but not
+	// yet written to subscribers: core messages are at most once.
+	killFrom, killTo := sk.killAt.Add(-sk.o.margin), sk.gwUpAt.Add(sk.o.margin)
+	inWindow := func(r *pubRecord) bool {
+		return !r.acked.Before(winFrom) && !r.acked.After(winTo) ||
+			!sk.killAt.IsZero() && !r.acked.Before(killFrom) && !r.acked.After(killTo)
+	}
 
 	byStatus := map[int]int{}
 	acked := map[uint64]*pubRecord{}
@@ -652,10 +689,16 @@ func (sk *soak) report(w io.Writer, samples []sample, exit string) bool {
 	fmt.Fprintf(w, "\n=== natsgate soak report ===\n")
 	fmt.Fprintf(w, "load: %v; %d publishers at %g ops/s (every %dth op a batch of %d); %d SSE + %d WebSocket subscribers on soak.>; %d HTTP + 1 WebSocket requesters on soak.echo\n",
 		o.duration, o.publishers, o.rate, o.batchEvery, o.batchSize, o.sse, o.ws, o.requesters)
+	fmt.Fprintf(w, "JetStream: %d stored publishers at %g/s on soakjs.<n>; %d SSE + %d WebSocket JetStream subscribers on %s from seq 1\n",
+		o.jsPublishers, o.jsRate, o.jsSSE, o.jsWS, jsSubject)
 	fmt.Fprintf(w, "NATS outage: server shutdown from %s to %s, new server up at %s; subscribers' notices: first disconnected %s, last reconnected %s\n",
 		at(sk.downAt), at(sk.downDone), at(sk.upAt), at(firstNoticeDown), at(lastNoticeUp))
 	fmt.Fprintf(w, "  last publish answered 204 before the outage at %s, first after it at %s\n", at(lastBefore), at(firstAfter))
 	fmt.Fprintf(w, "outage window: publishes acknowledged from %s to %s are not held against the subscribers.\n", at(winFrom), at(winTo))
+	if !sk.killAt.IsZero() {
+		fmt.Fprintf(w, "gateway SIGKILL at %s, answering again at %s: core publishes acknowledged from %s to %s are not held against the\n", at(sk.killAt), at(sk.gwUpAt), at(killFrom), at(killTo))
+		fmt.Fprintf(w, "  core subscribers either (what a killed gateway had acknowledged but not yet written is gone: core NATS is at most once).\n")
+	}
 	fmt.Fprintf(w, "  (%v before the disconnect to %v after the reconnect: a message the server acknowledged just before it went\n", o.margin, o.margin)
 	fmt.Fprintf(w, "   down may go down with it, and right after the reconnect subscriptions are being re-established. Between the\n")
 	fmt.Fprintf(w, "   two the gateway has no NATS and must not acknowledge anything: publishes sent and answered 204 while the server was down: %d)\n", ackedInOutage)
@@ -752,9 +795,11 @@ func (sk *soak) report(w io.Writer, samples []sample, exit string) bool {
 		for _, e := range s.events {
 			notes = append(notes, e.what+"@"+at(e.at))
 		}
+		var ends []string
 		for _, e := range s.ends {
-			notes = append(notes, "ended early: "+e)
+			ends = append(ends, "ended early: "+e)
 		}
+		notes = append(notes, collapse(ends)...)
 		fmt.Fprintf(w, "%-7s %-9s %9d %9d %6d %5d %8d %6d %6d  %s\n", s.name, fmt.Sprintf("%dx", len(s.intervals)),
 			expected, received, lost, dup, unacked, s.drops, s.other, strings.Join(notes, ", "))
 		if lost > 0 {

@@ -1,23 +1,33 @@
 // Command soak runs the gateway under a mixed load on loopback for a
-// while, with a NATS outage in the middle, and reports what was lost or
-// duplicated, the errors clients saw, and the gateway's memory and
-// goroutines.
+// while, with a NATS outage and a gateway SIGKILL, and reports what was
+// lost or duplicated, the errors clients saw, and the gateway's memory
+// and goroutines.
 //
 //	go run ./cmd/soak -duration 90s
 //
-// It starts a nats-server in-process (token auth, a free loopback port),
-// builds the gateway and runs it as a subprocess in front of that server
-// (--nats-url, --nats-listen off), then runs publishers (single and batch
-// POSTs), SSE and WebSocket subscribers, HTTP and WebSocket requesters
-// against a native responder. Halfway through it shuts the nats-server
-// down and starts a new one on the same port a few seconds later; the
-// gateway reconnects by itself. Every published message carries a unique
-// sequence number, so the report can tell, per subscriber, which
-// acknowledged (204) publishes never arrived and which arrived twice.
+// It starts a nats-server in-process (token auth, JetStream with file
+// storage, a free loopback port), builds the gateway and runs it as a
+// subprocess in front of that server (--nats-url, --nats-listen off, a
+// fixed HTTP port), then runs publishers (single and batch POSTs), SSE
+// and WebSocket subscribers, HTTP and WebSocket requesters against a
+// native responder, and the JetStream part: stored publishers (POST
+// /v1/js/publish, each message retried with its own Idempotency-Key until
+// acknowledged) and JetStream subscribers reading the stream from seq 1
+// over SSE (resuming with Last-Event-ID) and WebSocket (resuming with
+// start_seq). At a third of the run it shuts the nats-server down and
+// starts a new one on the same port and store a few seconds later; at
+// two thirds it kills the gateway with SIGKILL and starts it again on the
+// same port. Every core message carries a unique sequence number, so the
+// report can tell, per subscriber, which acknowledged (204) publishes
+// never arrived and which arrived twice; the stream, read from the
+// nats-server at the end, is what every JetStream subscriber must have
+// received, once each, in order.
 //
-// Exit status: 0 when nothing acknowledged outside the outage window was
-// lost, nothing was duplicated and the gateway's goroutines came back;
-// 1 otherwise; 2 when the run itself could not be set up.
+// Exit status: 0 when nothing acknowledged outside the outage windows was
+// lost, nothing was duplicated, every stored message reached every
+// JetStream subscriber once and in order, every stored publish was
+// stored exactly once, and the gateway's goroutines came back; 1
+// otherwise; 2 when the run itself could not be set up.
 package main
 
 import (
@@ -31,6 +41,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,13 +65,19 @@ type options struct {
 	batchSize  int
 	outage     time.Duration
 	margin     time.Duration
-	strict     bool
-	verbose    bool
+
+	jsPublishers int
+	jsRate       float64
+	jsSSE        int
+	jsWS         int
+	gatewayDown  time.Duration
+	strict       bool
+	verbose      bool
 }
 
 func main() {
 	var o options
-	flag.DurationVar(&o.duration, "duration", 3*time.Minute, "how long the load runs (10s to 30m); the NATS outage is at half of it")
+	flag.DurationVar(&o.duration, "duration", 3*time.Minute, "how long the load runs (10s to 30m); the NATS outage is at a third of it, the gateway's SIGKILL at two thirds")
 	flag.IntVar(&o.publishers, "publishers", 4, "HTTP publishers (1 to 64)")
 	flag.IntVar(&o.sse, "sse", 4, "SSE subscribers to soak.> (0 to 256)")
 	flag.IntVar(&o.ws, "ws", 4, "WebSocket subscribers to soak.> (0 to 256)")
@@ -70,6 +87,11 @@ func main() {
 	flag.IntVar(&o.batchSize, "batch-size", 5, "entries per batch (1 to 100)")
 	flag.DurationVar(&o.outage, "outage", 3*time.Second, "how long the nats-server stays down (0 to 30s)")
 	flag.DurationVar(&o.margin, "margin", time.Second, "publishes acknowledged this close to the disconnect or reconnect are not counted (0 to 10s)")
+	flag.IntVar(&o.jsPublishers, "js-publishers", 2, "stored (JetStream) publishers over HTTP, one message at a time each (1 to 16)")
+	flag.Float64Var(&o.jsRate, "js-rate", 50, "stored publishes per second per stored publisher (0.1 to 500)")
+	flag.IntVar(&o.jsSSE, "js-sse", 2, "JetStream subscribers over SSE, resuming with Last-Event-ID (0 to 64)")
+	flag.IntVar(&o.jsWS, "js-ws", 2, "JetStream subscribers over WebSocket, resuming with start_seq (0 to 64)")
+	flag.DurationVar(&o.gatewayDown, "gateway-down", 2*time.Second, "how long the gateway stays down after its SIGKILL (0 to 30s)")
 	flag.BoolVar(&o.strict, "strict", false, "also fail when a publish answered 204 across the reconnect (inside the outage window) was not delivered")
 	flag.BoolVar(&o.verbose, "v", false, "print the gateway's log at the end")
 	flag.Parse()
@@ -103,6 +125,14 @@ func (o *options) check() error {
 		return errors.New("-outage must be between 0 and 30s")
 	case o.margin < 0 || o.margin > 10*time.Second:
 		return errors.New("-margin must be between 0 and 10s")
+	case o.jsPublishers < 1 || o.jsPublishers > 16:
+		return errors.New("-js-publishers must be between 1 and 16")
+	case o.jsRate < 0.1 || o.jsRate > 500:
+		return errors.New("-js-rate must be between 0.1 and 500")
+	case o.jsSSE < 0 || o.jsSSE > 64 || o.jsWS < 0 || o.jsWS > 64:
+		return errors.New("-js-sse and -js-ws must be between 0 and 64")
+	case o.gatewayDown < 0 || o.gatewayDown > 30*time.Second:
+		return errors.New("-gateway-down must be between 0 and 30s")
 	}
 	return nil
 }
@@ -124,7 +154,14 @@ func run(ctx context.Context, o options) int {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2
 	}
-	ns, err := startNATS(port, token)
+	tmp, err := os.MkdirTemp("", "natsgate-soak-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 2
+	}
+	defer os.RemoveAll(tmp)
+	storeDir := filepath.Join(tmp, "jetstream")
+	ns, err := startNATS(port, token, storeDir)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2
@@ -139,26 +176,32 @@ func run(ctx context.Context, o options) int {
 		}
 	}()
 	natsURL := fmt.Sprintf("nats://127.0.0.1:%d", port)
-	logf("nats-server on %s", natsURL)
+	logf("nats-server on %s, JetStream in %s", natsURL, storeDir)
 
-	tmp, err := os.MkdirTemp("", "natsgate-soak-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "soak:", err)
-		return 2
-	}
-	defer os.RemoveAll(tmp)
 	logf("building the gateway")
 	bin, err := buildGateway(ctx, tmp)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2
 	}
-	gw, err := startGateway(ctx, bin, natsURL, token)
+	// A fixed HTTP port: clients find the gateway again after its restart.
+	httpPort, err := gatewayproc.FreePort()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err)
 		return 2
 	}
-	defer gw.kill()
+	listen := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	gw, err := startGateway(ctx, bin, natsURL, token, listen)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err)
+		return 2
+	}
+	var gwMu sync.Mutex
+	defer func() {
+		gwMu.Lock()
+		defer gwMu.Unlock()
+		gw.kill()
+	}()
 	logf("gateway pid %d on %s", gw.cmd.Process.Pid, gw.base)
 
 	// A native responder on soak.echo, reconnecting forever like the gateway.
@@ -183,6 +226,10 @@ func run(ctx context.Context, o options) int {
 		fmt.Fprintln(os.Stderr, "soak:", err, "\n"+gw.log.String())
 		return 2
 	}
+	if err := sk.createStream(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "soak:", err, "\n"+gw.log.String())
+		return 2
+	}
 	sk.closeIdle()
 	time.Sleep(500 * time.Millisecond)
 	idle := gw.sample("idle (no clients yet)", 0)
@@ -199,6 +246,14 @@ func run(ctx context.Context, o options) int {
 		s := sk.addSubscriber(fmt.Sprintf("ws-%d", i+1), "ws")
 		subWG.Go(func() { sk.runWSSubscriber(subCtx, s) })
 	}
+	for i := range o.jsSSE {
+		s := sk.addJSSubscriber(fmt.Sprintf("js-sse-%d", i+1), "sse")
+		subWG.Go(func() { sk.runJSSSE(subCtx, s) })
+	}
+	for i := range o.jsWS {
+		s := sk.addJSSubscriber(fmt.Sprintf("js-ws-%d", i+1), "ws")
+		subWG.Go(func() { sk.runJSWS(subCtx, s) })
+	}
 	if err := sk.waitSubscribed(ctx, 15*time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "soak:", err, "\n"+gw.log.String())
 		return 2
@@ -208,10 +263,13 @@ func run(ctx context.Context, o options) int {
 	defer stopLoad()
 	var loadWG sync.WaitGroup
 	sk.t0 = time.Now()
-	logf("load started: %d publishers at %g/s, %d SSE, %d WebSocket subscribers, %d HTTP requesters + 1 WebSocket requester, for %v",
-		o.publishers, o.rate, o.sse, o.ws, o.requesters, o.duration)
+	logf("load started: %d publishers at %g/s, %d SSE, %d WebSocket subscribers, %d HTTP requesters + 1 WebSocket requester; %d stored publishers at %g/s, %d SSE and %d WebSocket JetStream subscribers; for %v",
+		o.publishers, o.rate, o.sse, o.ws, o.requesters, o.jsPublishers, o.jsRate, o.jsSSE, o.jsWS, o.duration)
 	for p := range o.publishers {
 		loadWG.Go(func() { sk.publisher(loadCtx, p) })
+	}
+	for p := range o.jsPublishers {
+		loadWG.Go(func() { sk.jsPublisher(loadCtx, p+1) })
 	}
 	for r := range o.requesters {
 		loadWG.Go(func() { sk.httpRequester(loadCtx, r) })
@@ -224,8 +282,8 @@ func run(ctx context.Context, o options) int {
 	}
 	start := gw.sample("start (load running, after warm-up)", time.Since(sk.t0))
 
-	// The outage, at half time.
-	if !sleepCtx(ctx, time.Until(sk.t0.Add(o.duration/2))) {
+	// The NATS outage, at a third.
+	if !sleepCtx(ctx, time.Until(sk.t0.Add(o.duration/3))) {
 		return 2
 	}
 	logf("shutting the nats-server down")
@@ -239,7 +297,7 @@ func run(ctx context.Context, o options) int {
 	sleepCtx(ctx, o.outage)
 	var newNS *server.Server
 	for i := 0; ; i++ { // the port is ours; retry briefly should it linger
-		if newNS, err = startNATS(port, token); err == nil || i == 20 || ctx.Err() != nil {
+		if newNS, err = startNATS(port, token, storeDir); err == nil || i == 20 || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -254,6 +312,35 @@ func run(ctx context.Context, o options) int {
 	sk.upAt = time.Now()
 	logf("nats-server back on %s after %v", natsURL, sk.upAt.Sub(sk.downAt).Round(time.Millisecond))
 
+	// The gateway's SIGKILL, at two thirds: no shutdown of any kind; the
+	// same binary starts again on the same port after -gateway-down.
+	if !sleepCtx(ctx, time.Until(sk.t0.Add(2*o.duration/3))) {
+		return 2
+	}
+	logf("killing the gateway (SIGKILL, pid %d)", gw.cmd.Process.Pid)
+	sk.killAt = time.Now()
+	gwMu.Lock()
+	gw.kill()
+	gwMu.Unlock()
+	sleepCtx(ctx, o.gatewayDown)
+	var newGW *gatewayProc
+	for i := 0; ; i++ { // the port is ours; retry briefly should it linger
+		if newGW, err = startGateway(ctx, bin, natsURL, token, listen); err == nil || i == 20 || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "soak: restarting the gateway:", err)
+		return 2
+	}
+	gwMu.Lock()
+	killedLog := gw.log.String()
+	gw = newGW
+	gwMu.Unlock()
+	sk.gwUpAt = time.Now()
+	logf("gateway back, pid %d on %s, %v after the kill", gw.cmd.Process.Pid, gw.base, sk.gwUpAt.Sub(sk.killAt).Round(time.Millisecond))
+
 	if !sleepCtx(ctx, time.Until(sk.t0.Add(o.duration))) {
 		return 2
 	}
@@ -263,6 +350,11 @@ func run(ctx context.Context, o options) int {
 	loadWG.Wait()
 	sk.stopAt = time.Now()
 	sleepCtx(ctx, 3*time.Second) // in-flight deliveries reach the subscribers
+	stored, readErr := readStream(ctx, natsURL, token)
+	if readErr == nil && len(stored) > 0 {
+		logf("the stream holds %d messages; waiting for the JetStream subscribers to reach seq %d", len(stored), stored[len(stored)-1].seq)
+		sk.waitJSCaughtUp(ctx, stored[len(stored)-1].seq, 30*time.Second)
+	}
 	logf("closing the subscribers")
 	stopSubs()
 	if !waitGroupTimeout(&subWG, 15*time.Second) {
@@ -276,8 +368,11 @@ func run(ctx context.Context, o options) int {
 	exit := gw.terminate(15 * time.Second)
 
 	ok := sk.report(os.Stdout, []sample{idle, start, end, after}, exit)
+	ok = sk.jsReport(os.Stdout, stored, readErr) && ok
 	if !ok || o.verbose {
-		fmt.Println("\n--- gateway log, request lines left out (last 60 lines) ---")
+		fmt.Println("\n--- the killed gateway's log, request lines left out (last 30 lines) ---")
+		fmt.Println(lastLines(withoutRequests(killedLog), 30))
+		fmt.Println("\n--- the restarted gateway's log, request lines left out (last 60 lines) ---")
 		fmt.Println(lastLines(withoutRequests(gw.log.String()), 60))
 	}
 	if ctx.Err() != nil {
@@ -314,13 +409,16 @@ func waitGroupTimeout(wg *sync.WaitGroup, d time.Duration) bool {
 	}
 }
 
-// startNATS runs a token-authenticated nats-server in this process.
-func startNATS(port int, token string) (*server.Server, error) {
+// startNATS runs a token-authenticated nats-server in this process, with
+// JetStream keeping its streams in storeDir (so a restart finds them).
+func startNATS(port int, token, storeDir string) (*server.Server, error) {
 	s, err := server.NewServer(&server.Options{
 		ServerName:    "soak",
 		Host:          "127.0.0.1",
 		Port:          port,
 		Authorization: token,
+		JetStream:     true,
+		StoreDir:      storeDir,
 		NoSigs:        true,
 		NoLog:         true,
 	})
@@ -374,9 +472,9 @@ type gatewayProc struct {
 	metrics *http.Client
 }
 
-func startGateway(ctx context.Context, bin, natsURL, token string) (*gatewayProc, error) {
+func startGateway(ctx context.Context, bin, natsURL, token, listen string) (*gatewayProc, error) {
 	g := &gatewayProc{log: &gatewayproc.LogBuffer{}, exited: make(chan struct{}), metrics: &http.Client{Timeout: 5 * time.Second}}
-	g.cmd = exec.Command(bin, "--listen", "127.0.0.1:0", "--nats-url", natsURL, "--nats-listen", "off",
+	g.cmd = exec.Command(bin, "--listen", listen, "--nats-url", natsURL, "--nats-listen", "off",
 		"--token", token, "--shutdown-timeout", "10s", "--log-format", "text")
 	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
 	if err := g.cmd.Start(); err != nil {
