@@ -183,15 +183,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cert != nil {
 		base = "https://" + ln.Addr().String()
 	}
-	// The address first: tools read it from this line (gatewayproc.ListenAddr).
-	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
-	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "url", base, "nats", natsDescription(cfg, embedded))...)
 	tokens := describeTokens(cfg, embedded, tokenCount, generated)
+	// The banner before the listening line: whoever waits for that line
+	// (gatewayproc.ListenAddr) finds the banner complete.
+	printBanner(stdout, banner{base: base, embedded: embedded, natsURL: cfg.natsURL, tokens: tokens,
+		reloads: cfg.tokensFile != "" && embedded != nil || cert != nil})
 	if tokens.count > 0 {
 		logger.Info("tokens loaded", "count", tokens.count, "from", tokens.from)
 	}
-	printBanner(stdout, banner{base: base, embedded: embedded, natsURL: cfg.natsURL, tokens: tokens,
-		reloads: cfg.tokensFile != "" && embedded != nil || cert != nil})
+	// The address first: tools read it from this line (gatewayproc.ListenAddr).
+	attrs := append([]any{"addr", ln.Addr().String()}, readVersion().logAttrs()...)
+	logger.Info("natsgate listening", append(attrs, "pid", os.Getpid(), "url", base, "nats", natsDescription(cfg, embedded))...)
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: cfg.readHeaderTimeout,
