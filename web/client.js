@@ -841,31 +841,7 @@ export class NatsgateClient extends EventTarget {
     /** @type {Sub} */
     const sub = { sid, subject, queue: opts.queue, handler, waiter: null };
     if (isJS) sub.js = { start, lastSeq: 0, onGap: opts.onGap, failures: 0, retry: null, now: null };
-    const unsubscribe = async () => {
-      if (this.#subs.get(sid) !== sub) return;
-      this.#subs.delete(sid);
-      if (sub.js && sub.js.retry) clearTimeout(sub.js.retry);
-      if (this.state !== 'connected') return;
-      try {
-        await this.#call('unsub', { op: 'unsub', sid });
-      } catch (e) {
-        if (/** @type {NatsgateError} */ (e).code === undefined) throw e; // a close ended the session, and the subscription with it
-      }
-    };
-    unsubscribe.sid = sid;
-    unsubscribe.subject = subject;
-    return new Promise((resolve, reject) => {
-      sub.waiter = { resolve: () => resolve(unsubscribe), reject };
-      this.#subs.set(sid, sub);
-      if (this.state === 'connected') {
-        try {
-          this.#sendSub(sub);
-        } catch (e) {
-          this.#subs.delete(sid);
-          reject(e);
-        }
-      }
-    });
+    return this.#register(this.#subs, sub, () => sub.js && sub.js.retry, () => this.#sendSub(sub), { subject });
   }
 
   /**
@@ -1216,6 +1192,49 @@ export class NatsgateClient extends EventTarget {
   }
 
   /**
+   * Registers a subscription or watch (`entry`, with its `sid` and
+   * `waiter`) in `map`, sends it now if connected (`send`; later
+   * connections resend what the map holds), and resolves, once the
+   * gateway has it, to the function that ends it: it forgets the entry,
+   * clears its retry timer (`retry()` returns it) and unsubscribes. `props`
+   * are set on that function.
+   * @template {{sid: string, waiter: any}} T
+   * @param {Map<string, T>} map
+   * @param {T} entry
+   * @param {() => any} retry
+   * @param {() => void} send
+   * @param {Object<string, any>} props
+   * @returns {Promise<any>}
+   */
+  #register(map, entry, retry, send, props) {
+    const sid = entry.sid;
+    const stop = Object.assign(async () => {
+      if (map.get(sid) !== entry) return;
+      map.delete(sid);
+      const timer = retry();
+      if (timer) clearTimeout(timer);
+      if (this.state !== 'connected') return;
+      try {
+        await this.#call('unsub', { op: 'unsub', sid });
+      } catch (e) {
+        if (/** @type {NatsgateError} */ (e).code === undefined) throw e; // a close ended the session, and this with it
+      }
+    }, { sid }, props);
+    return new Promise((resolve, reject) => {
+      entry.waiter = { resolve: () => resolve(stop), reject };
+      map.set(sid, entry);
+      if (this.state === 'connected') {
+        try {
+          send();
+        } catch (e) {
+          map.delete(sid);
+          reject(e);
+        }
+      }
+    });
+  }
+
+  /**
    * Starts a watch; resolves, once the gateway confirmed it, to a function
    * that stops it. After a reconnect (or a watch the gateway ended on its
    * own) it is made again from one past the last revision delivered, and
@@ -1234,30 +1253,7 @@ export class NatsgateClient extends EventTarget {
       sid, bucket, filter: opts.filter, include: opts.include, ignoreDeletes: !!opts.ignoreDeletes,
       onEntry, onCurrent: opts.onCurrent, lastRevision: 0, waiter: null, retry: null, failures: 0,
     };
-    const stop = async () => {
-      if (this.#watches.get(sid) !== w) return;
-      this.#watches.delete(sid);
-      if (w.retry) clearTimeout(w.retry);
-      if (this.state !== 'connected') return;
-      try {
-        await this.#call('unsub', { op: 'unsub', sid });
-      } catch (e) {
-        if (/** @type {NatsgateError} */ (e).code === undefined) throw e; // a close ended the session, and the watch with it
-      }
-    };
-    stop.sid = sid;
-    return new Promise((resolve, reject) => {
-      w.waiter = { resolve: () => resolve(stop), reject };
-      this.#watches.set(sid, w);
-      if (this.state === 'connected') {
-        try {
-          this.#sendWatch(w);
-        } catch (e) {
-          this.#watches.delete(sid);
-          reject(e);
-        }
-      }
-    });
+    return this.#register(this.#watches, w, () => w.retry, () => this.#sendWatch(w), {});
   }
 
   /**
