@@ -14,7 +14,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -357,12 +356,9 @@ func (sk *soak) jsWSOnce(ctx context.Context, s *jsSubscriber) string {
 		return "write: " + err.Error()
 	}
 	for {
-		_, data, err := c.Read(context.Background())
-		if err != nil {
-			if code := websocket.CloseStatus(err); code != -1 {
-				return fmt.Sprintf("closed %d", code)
-			}
-			return "read error"
+		data, ended := readWS(c)
+		if ended != "" {
+			return ended
 		}
 		var m jsMsg
 		if json.Unmarshal(data, &m) != nil {

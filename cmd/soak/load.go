@@ -510,12 +510,9 @@ func (sk *soak) wsSubscribeOnce(ctx context.Context, s *subscriber) string {
 		return "write: " + err.Error()
 	}
 	for {
-		_, data, err := c.Read(context.Background())
-		if err != nil {
-			if code := websocket.CloseStatus(err); code != -1 {
-				return fmt.Sprintf("closed %d", code)
-			}
-			return "read error"
+		data, ended := readWS(c)
+		if ended != "" {
+			return ended
 		}
 		var f frame
 		if json.Unmarshal(data, &f) != nil {
@@ -562,13 +559,9 @@ func (sk *soak) wsRequestOnce(ctx context.Context) string {
 	go func() {
 		defer close(frames)
 		for {
-			_, data, err := c.Read(context.Background())
-			if err != nil {
-				if code := websocket.CloseStatus(err); code != -1 {
-					ended <- fmt.Sprintf("closed %d", code)
-				} else {
-					ended <- "read error"
-				}
+			data, why := readWS(c)
+			if why != "" {
+				ended <- why
 				return
 			}
 			var f frame
@@ -871,4 +864,17 @@ func (sk *soak) report(w io.Writer, samples []sample, exit string) bool {
 		fmt.Fprintf(w, "PASS: no acknowledged message lost outside the outage window, no duplicates, goroutines back\n")
 	}
 	return ok
+}
+
+// readWS reads a session's next frame; ended, when not empty, says how
+// the session ended instead ("closed <code>" or "read error").
+func readWS(c *websocket.Conn) (data []byte, ended string) {
+	_, data, err := c.Read(context.Background())
+	if err == nil {
+		return data, ""
+	}
+	if code := websocket.CloseStatus(err); code != -1 {
+		return nil, fmt.Sprintf("closed %d", code)
+	}
+	return nil, "read error"
 }
