@@ -86,8 +86,8 @@ type StreamSubscription struct {
 	subject string
 	start   Start // as the consumer was made (DeliverNew as the Seq it meant), for ResumeOn
 	gap     *Gap
-	cons   jetstream.Consumer
-	it     jetstream.MessagesContext
+	cons    jetstream.Consumer
+	it      jetstream.MessagesContext
 	// pending is what the consumer held for the subscription beyond the
 	// last message Next returned (or, before the first, at its creation);
 	// the owner's only.
