@@ -48,8 +48,9 @@ export const RECONNECT_CODES = Object.freeze([1001, 1006, 1008, 1011, 1012, 1013
 
 /**
  * Close codes that end the client for good: 1009 frame too large, 4400
- * protocol misuse, 4401 token rejected or revoked, 4408 no connect frame
- * in time.
+ * protocol misuse, 4401 token rejected or revoked (or expired, unless the
+ * token option is a function, which then gives a fresh one to reconnect
+ * with), 4408 no connect frame in time.
  */
 export const FINAL_CODES = Object.freeze([1009, 4400, 4401, 4408]);
 
@@ -747,8 +748,10 @@ export class NatsgateClient extends EventTarget {
       // after "connected" (1008, 1013) keeps the backoff growing.
       if (Date.now() - this.#connectedAt >= this.options.backoffResetAfter) this.#attempt = 0;
     }
+    // An expired token is final, unless the token function can give a fresh one.
+    const expired = code === 4401 && /token expired/.test(reason) && this.#tokenFn !== null;
     const canRetry = !this.#userClosed && this.#everConnected && this.options.reconnect &&
-      RECONNECT_CODES.includes(code) && this.#attempt < this.options.maxReconnectAttempts;
+      (RECONNECT_CODES.includes(code) || expired) && this.#attempt < this.options.maxReconnectAttempts;
     if (wasConnected || this.#userClosed) this.#emit('disconnect', { code, reason, willReconnect: canRetry });
     if (this.#userClosed) return; // a disconnect listener called close()
     if (!canRetry) {

@@ -27,8 +27,8 @@ import (
 
 // startOIDCGateway is a gateway accepting iss's tokens (audience aud),
 // with JetStream, an expiring notice lead of notice, and POST /test/token
-// on its origin minting a token allowed everything that lives ttl; minted
-// counts them.
+// on its origin minting a token allowed everything that lives ttl (for
+// another audience with ?wrong-audience); minted counts them.
 func startOIDCGateway(t *testing.T, iss *oidctest.Issuer, aud string, notice, ttl time.Duration, minted *atomic.Int32) (url, natsURL string) {
 	t.Helper()
 	v, err := bridge.NewOIDCVerifier(context.Background(), bridge.OIDCConfig{Issuer: iss.URL, Audience: aud})
@@ -48,6 +48,9 @@ func startOIDCGateway(t *testing.T, iss *oidctest.Issuer, aud string, notice, tt
 	mux.HandleFunc("POST /test/token", func(w http.ResponseWriter, r *http.Request) {
 		minted.Add(1)
 		c := iss.Claims("page", aud, ttl)
+		if r.URL.Query().Has("wrong-audience") {
+			c["aud"] = "another-app"
+		}
 		c["nats"] = map[string]any{}
 		_, _ = w.Write([]byte(iss.Sign(t, "rsa-1", c)))
 	})
@@ -167,4 +170,54 @@ func TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes(t *testing.T) {
 		t.Errorf("%d sub frames, want 2: the refreshes keep the subscriptions", n)
 	}
 	t.Logf("%d stored and %d core messages across %d refreshes", stored, len(core), connects-1)
+}
+
+// TestJSClientFailedRefreshGoesOnThenReconnects: a refresh whose token
+// the gateway refuses is an 'error' event (status 401, refresh true) and
+// the session goes on; at the old token's expiry (close 4401 "token
+// expired") the client reconnects with a fresh token from the function,
+// and its JetStream subscription resumes by seq, losing nothing.
+func TestJSClientFailedRefreshGoesOnThenReconnects(t *testing.T) {
+	iss := oidctest.New(t)
+	var minted atomic.Int32
+	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", 1500*time.Millisecond, 3*time.Second, &minted)
+	putStream(t, base, "PAGE", `{"subjects":["page.js"],"storage":"memory"}`)
+	b := newBrowser(t)
+	b.openAt(base)
+	eval[bool](b, spyJS)
+	b.loadClient()
+	eval[bool](b, `(async () => {
+		let calls = 0;
+		const token = async () => (await fetch('/test/token' + (++calls === 2 ? '?wrong-audience' : ''), { method: 'POST' })).text();
+		window.nc = await mod.connect({ token, reconnectDelay: 100 });
+		window.events = [];
+		nc.on('error', (d) => events.push('error ' + d.error.status + ' ' + d.error.refresh));
+		nc.on('connect', (d) => events.push('connect ' + d.reconnected));
+		nc.on('disconnect', (d) => events.push('disconnect ' + d.code + ' ' + d.reason));
+		nc.on('refresh', () => events.push('refresh'));
+		return true;
+	})()`)
+	sid := b.subscribeJS("page.js", `{ deliver: 'all' }`)
+	seqs := storeNative(t, natsURL, "page.js", "a", "b")
+	b.waitGot(2)
+	b.waitJS("the refused refresh", `events.includes('error 401 true')`)
+	if got := eval[string](b, `nc.ping().then(() => nc.state)`); got != "connected" {
+		t.Fatalf("after a refused refresh the client is %s, want connected", got)
+	}
+	b.waitJS("the reconnect after the expiry", `events.includes('connect true')`)
+	seqs = append(seqs, storeNative(t, natsURL, "page.js", "c")...)
+	b.waitGot(3)
+	events := eval[[]string](b, `events`)
+	if want := []string{"error 401 true", "disconnect 4401 token expired", "connect true"}; !slices.Equal(events, want) {
+		t.Errorf("events %v, want %v", events, want)
+	}
+	if got := b.gotSeqs(); !slices.Equal(got, seqs) {
+		t.Fatalf("seqs %v, want %v", got, seqs)
+	}
+	if resumes := checkResumes(t, b.wire(), sid, "all"); !slices.Equal(resumes, []uint64{3}) {
+		t.Errorf("resubscribed from %v, want [3]", resumes)
+	}
+	if minted.Load() != 3 {
+		t.Errorf("%d tokens minted, want 3: connect, the refused refresh, the reconnect", minted.Load())
+	}
 }
