@@ -16,10 +16,33 @@ import (
 
 // MoveTo subscribes s's sink to s's subject, in s's queue group, on c, once
 // the server has accepted it. s goes on delivering until its owner closes
-// it, which it does once the new subscription is in place: a message
-// published meanwhile may come through both, none through neither.
+// it, which it does once the new subscription is in place and s's
+// connection has settled (Settle): a message published meanwhile may come
+// through both, none through neither.
 func (s *Subscription) MoveTo(ctx context.Context, c *Conn, maxSubject int) (*Subscription, error) {
 	return c.Subscribe(ctx, s.ss.subject, s.ss.queue, s.sink, maxSubject)
+}
+
+// Settle waits until every message c has received so far for its
+// subscriptions (all the server sent before a round trip made now) has
+// been handed to their sinks, or ctx ends. A session moving its core
+// subscriptions away from c calls it once they are in place elsewhere
+// and before it closes them here: nothing c received for them is lost.
+// A connection that is not connected has nothing more to hand over.
+func (c *Conn) Settle(ctx context.Context) error {
+	if err := c.flush(); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	if err := c.nc.Barrier(func() { close(done) }); err != nil {
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %v", ErrUnavailable, ctx.Err())
+	}
 }
 
 // ResumeOn starts on c a JetStream subscription continuing s: from one

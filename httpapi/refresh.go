@@ -59,8 +59,9 @@ func (ss *session) connected(id string) {
 // acquires the token's connection as a first connect would (the same
 // 401 and 429 rules, the token's session bound), moves every
 // subscription to it and answers with a new connected frame. Core
-// subscriptions are made on the new connection before the old ones end
-// (a message published meanwhile may come twice, none is lost); JetStream
+// subscriptions are made on the new connection before the old ones end,
+// once the old connection has handed over what it received (a message
+// published meanwhile may come twice, none is lost); JetStream
 // subscriptions and key-value watches stop, then resume there from one
 // past the last seq (revision) queued for the client. A refresh that
 // fails is an error frame and the session goes on as it was. The reader
@@ -100,6 +101,12 @@ func (ss *session) refresh(f *frame) {
 		ss.reply(f, err)
 		ss.recheck(old)
 		return
+	}
+	if len(moved) > 0 {
+		// What the old connection received before the new subscriptions
+		// were in place reaches the client before the old ones end; if it
+		// is gone, nothing more comes from it.
+		_ = old.Settle(ctx)
 	}
 	for sid, sub := range moved {
 		ss.subs[sid].Close()

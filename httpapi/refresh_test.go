@@ -442,3 +442,50 @@ func TestOIDCRefreshRespectsTheFreshTokensSessionBound(t *testing.T) {
 	w.send(map[string]any{"op": "ping"})
 	w.next("pong")
 }
+
+// TestOIDCRefreshThenUnsubOrCloseLeavesNothing: an unsub right behind a
+// refresh ends the moved subscription; a session closed while its
+// refresh is under way leaves no consumer, no session count and no
+// goroutine behind (goleak, at the package's end).
+func TestOIDCRefreshThenUnsubOrCloseLeavesNothing(t *testing.T) {
+	t.Parallel()
+	iss := oidctest.New(t)
+	g := startGateway(t, withOIDC(t, iss), withJetStream)
+	js := g.jsAdmin()
+	st := mkStream(t, js, jetstream.StreamConfig{Name: "ORDERS", Subjects: []string{"orders.>"}})
+	store(t, js, "orders.js", 1, 3, 8)
+	toks := []string{oidcAll(t, iss, "erin", time.Hour), oidcAll(t, iss, "erin", 2*time.Hour), oidcAll(t, iss, "erin", 3*time.Hour)}
+
+	w := g.dialWS(toks[0])
+	w.next("connected")
+	w.send(map[string]any{"op": "sub", "sid": "j", "subject": "orders.js", "deliver": "all"})
+	w.next("ok")
+	fc := frameCollector{w: w, onData: func(map[string]any) {}}
+	w.send(map[string]any{"op": "sub", "sid": "c", "subject": "orders.core", "id": "sc"})
+	fc.until("the core sub's ok", isOp("ok", "sc"))
+	w.send(map[string]any{"op": "connect", "token": toks[1], "id": "r"})
+	w.send(map[string]any{"op": "unsub", "sid": "j"})
+	w.send(map[string]any{"op": "unsub", "sid": "c"})
+	fc.until("the refresh", isOp("connected", "r"))
+	fc.until("the JetStream unsub's ok", isOp("ok", "j"))
+	fc.until("the core unsub's ok", isOp("ok", "c"))
+	store(t, js, "orders.js", 4, 4, 8)
+	g.native(adminToken).Publish("orders.core", []byte("late"))
+	fc.onData = func(f map[string]any) {
+		if f["sid"] == "c" || f["seq"] == float64(4) {
+			t.Errorf("a message after the unsub: %v", f)
+		}
+	}
+	w.send(map[string]any{"op": "ping"})
+	fc.until("pong", isOp("pong", ""))
+	waitNoConsumers(t, st)
+
+	w2 := g.dialWS(toks[0])
+	w2.next("connected")
+	w2.send(map[string]any{"op": "sub", "sid": "j", "subject": "orders.js", "deliver": "all"})
+	w2.next("ok")
+	w2.send(map[string]any{"op": "connect", "token": toks[2], "id": "r"})
+	w2.c.CloseNow()
+	waitNoConsumers(t, st)
+	waitFor(t, "the closed session's counts to go", func() bool { return g.sessionsOf(toks[0]) == 0 && g.sessionsOf(toks[2]) == 0 })
+}
