@@ -69,15 +69,16 @@ func startOIDCGateway(t *testing.T, iss *oidctest.Issuer, aud string, notice, tt
 }
 
 // TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes: a page
-// whose token is an async function (fetching a token living 3 s) is told
+// whose token is an async function (fetching a token living 2 s) is told
 // ahead of each expiry, calls the function and moves its open session to
 // the fresh token, three times, without a reconnect: its core
 // subscription misses no message published meanwhile, and its JetStream
 // subscription gets every seq once, in order.
 func TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes(t *testing.T) {
+	t.Parallel() // mostly waiting for tokens to expire: beside the other one
 	iss := oidctest.New(t)
 	var minted atomic.Int32
-	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", 1500*time.Millisecond, 3*time.Second, &minted)
+	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", time.Second, 2*time.Second, &minted)
 	putStream(t, base, "PAGE", `{"subjects":["page.js"],"storage":"memory"}`)
 
 	b := newBrowser(t)
@@ -178,9 +179,10 @@ func TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes(t *testing.T) {
 // expired") the client reconnects with a fresh token from the function,
 // and its JetStream subscription resumes by seq, losing nothing.
 func TestJSClientFailedRefreshGoesOnThenReconnects(t *testing.T) {
+	t.Parallel()
 	iss := oidctest.New(t)
 	var minted atomic.Int32
-	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", 1500*time.Millisecond, 3*time.Second, &minted)
+	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", time.Second, 2*time.Second, &minted)
 	putStream(t, base, "PAGE", `{"subjects":["page.js"],"storage":"memory"}`)
 	b := newBrowser(t)
 	b.openAt(base)
@@ -207,9 +209,10 @@ func TestJSClientFailedRefreshGoesOnThenReconnects(t *testing.T) {
 	b.waitJS("the reconnect after the expiry", `events.includes('connect true')`)
 	seqs = append(seqs, storeNative(t, natsURL, "page.js", "c")...)
 	b.waitGot(3)
+	// The fresh session's own refreshes may follow.
 	events := eval[[]string](b, `events`)
-	if want := []string{"error 401 true", "disconnect 4401 token expired", "connect true"}; !slices.Equal(events, want) {
-		t.Errorf("events %v, want %v", events, want)
+	if want := []string{"error 401 true", "disconnect 4401 token expired", "connect true"}; len(events) < 3 || !slices.Equal(events[:3], want) {
+		t.Errorf("events %v, want %v first", events, want)
 	}
 	if got := b.gotSeqs(); !slices.Equal(got, seqs) {
 		t.Fatalf("seqs %v, want %v", got, seqs)
@@ -217,7 +220,7 @@ func TestJSClientFailedRefreshGoesOnThenReconnects(t *testing.T) {
 	if resumes := checkResumes(t, b.wire(), sid, "all"); !slices.Equal(resumes, []uint64{3}) {
 		t.Errorf("resubscribed from %v, want [3]", resumes)
 	}
-	if minted.Load() != 3 {
-		t.Errorf("%d tokens minted, want 3: connect, the refused refresh, the reconnect", minted.Load())
+	if minted.Load() < 3 {
+		t.Errorf("%d tokens minted, want at least 3: connect, the refused refresh, the reconnect", minted.Load())
 	}
 }
