@@ -81,11 +81,13 @@ type Gap struct {
 // token and subject that have caught up could share one, as core
 // subscriptions are shared; that is not done yet.
 type StreamSubscription struct {
-	c      *Conn
-	stream string
-	gap    *Gap
-	cons   jetstream.Consumer
-	it     jetstream.MessagesContext
+	c       *Conn
+	stream  string
+	subject string
+	start   Start // as the consumer was made (DeliverNew as the Seq it meant), for ResumeOn
+	gap     *Gap
+	cons    jetstream.Consumer
+	it      jetstream.MessagesContext
 	// pending is what the consumer held for the subscription beyond the
 	// last message Next returned (or, before the first, at its creation);
 	// the owner's only.
@@ -169,7 +171,7 @@ func (c *Conn) maySubscribe(ctx context.Context, subject string, maxSubject int)
 // info describes, the caller having checked the subject and the token's
 // right to it.
 func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int) (*StreamSubscription, error) {
-	s := &StreamSubscription{c: c, stream: info.Config.Name, stopped: make(chan struct{}), closed: make(chan struct{})}
+	s := &StreamSubscription{c: c, stream: info.Config.Name, subject: subject, start: start, stopped: make(chan struct{}), closed: make(chan struct{})}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive}
 	switch {
 	case start.Seq != 0:
@@ -189,6 +191,7 @@ func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subj
 		// delivering anything, and "new" then would skip what was stored
 		// meanwhile.
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, info.State.LastSeq+1
+		s.start = Start{Seq: cfg.OptStartSeq}
 	}
 	err := c.jsCall(ctx, func(ctx context.Context, js jetstream.JetStream) error {
 		var err error

@@ -133,6 +133,15 @@ type jsFeed struct {
 	kv      *bridge.KVWatch
 	entry   func(*bridge.KVEntry) []byte
 	current []byte
+
+	// What the client was given, kept by runFeed and read once done is
+	// closed, so that a session moving to another connection resumes the
+	// feed there (resumeOn): the seq (revision) of the last message
+	// (entry) queued, and whether the caught-up notice was.
+	last     uint64
+	caughtUp bool
+	done     chan struct{} // closed when runFeed stops feeding
+	told     bool          // a WebSocket client was told the feed ended; set by runFeed's end
 }
 
 // subscribeStream starts a JetStream subscription for a client. The
@@ -142,29 +151,54 @@ func (s *Server) subscribeStream(ctx context.Context, c *bridge.Conn, subject st
 	if err != nil {
 		return nil, err
 	}
-	s.metrics.jsConsumersCreated.Inc()
-	s.metrics.jsSubscriptions.Inc()
-	return &jsFeed{sub: sub}, nil
+	return s.newFeed(&jsFeed{sub: sub}), nil
 }
 
-// next is the feed's next item for the client's outbox; prefix goes
-// before a message's fields (WebSocket frames).
-func (f *jsFeed) next(prefix []byte) (outItem, error) {
+// newFeed counts a feed just started and makes it ready for runFeed.
+func (s *Server) newFeed(f *jsFeed) *jsFeed {
+	s.metrics.jsConsumersCreated.Inc()
+	s.metrics.jsSubscriptions.Inc()
+	f.done = make(chan struct{})
+	return f
+}
+
+// resumeOn starts on c a feed continuing f, which has stopped (done is
+// closed): from one past what f queued, so its client misses nothing and
+// gets nothing twice.
+func (s *Server) resumeOn(ctx context.Context, c *bridge.Conn, f *jsFeed) (*jsFeed, error) {
+	if f.kv == nil {
+		sub, err := f.sub.ResumeOn(ctx, c, f.last, s.cfg.MaxSubjectLen)
+		if err != nil {
+			return nil, err
+		}
+		return s.newFeed(&jsFeed{sub: sub}), nil
+	}
+	w, err := f.kv.ResumeOn(ctx, c, f.last, f.caughtUp)
+	if err != nil {
+		return nil, err
+	}
+	return s.newFeed(&jsFeed{sub: w.StreamSubscription, kv: w, entry: f.entry, current: f.current, caughtUp: f.caughtUp}), nil
+}
+
+// next is the feed's next item for the client's outbox, with its seq
+// (revision; 0 for the caught-up notice); prefix goes before a message's
+// fields (WebSocket frames).
+func (f *jsFeed) next(prefix []byte) (outItem, uint64, error) {
 	if f.kv == nil {
 		m, err := f.sub.Next()
 		if err != nil {
-			return outItem{}, err
+			return outItem{}, 0, err
 		}
-		return outItem{prefix: prefix, msg: m, size: itemSize(m)}, nil
+		return outItem{prefix: prefix, msg: m, size: itemSize(m)}, m.Stored.Seq, nil
 	}
 	e, caughtUp, err := f.kv.Next()
 	switch {
 	case err != nil:
-		return outItem{}, err
+		return outItem{}, 0, err
 	case caughtUp:
-		return rawItem(f.current, true), nil
+		return rawItem(f.current, true), 0, nil
 	}
-	return rawItem(f.entry(e), false), nil
+	return rawItem(f.entry(e), false), e.Revision, nil
 }
 
 // runFeed feeds box, each message after prefix, until the feed is closed
@@ -178,13 +212,19 @@ func (s *Server) runFeed(feed *jsFeed, box *outbox, prefix []byte, end func(erro
 		s.metrics.jsConsumersRemoved.Inc()
 		s.metrics.jsSubscriptions.Dec()
 	}()
+	defer close(feed.done) // first: a resume need not wait for the removal
 	for {
-		it, err := feed.next(prefix)
+		it, seq, err := feed.next(prefix)
 		if err == nil {
 			err = box.pushPaced(it, s.cfg.SlowConsumerGrace, feed.sub.Stopped(), s.metrics.jsPacedWaits)
 		}
 		switch {
 		case err == nil:
+			if seq != 0 {
+				feed.last = seq
+			} else if feed.kv != nil {
+				feed.caughtUp = true
+			}
 			continue
 		case errors.Is(err, bridge.ErrClosed), errors.Is(err, errPushStopped), errors.Is(err, errOutboxClosed):
 		default:

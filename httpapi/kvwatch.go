@@ -3,13 +3,10 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"math"
 	"net/http"
 	"net/url"
 	"strconv"
-
-	"github.com/coder/websocket"
 
 	"github.com/natsgate/natsgate/bridge"
 )
@@ -90,9 +87,7 @@ func (s *Server) watchKV(ctx context.Context, c *bridge.Conn, bucket string, o b
 	if err != nil {
 		return nil, err
 	}
-	s.metrics.jsConsumersCreated.Inc()
-	s.metrics.jsSubscriptions.Inc()
-	return &jsFeed{sub: w.StreamSubscription, kv: w, entry: entry, current: current}, nil
+	return s.newFeed(&jsFeed{sub: w.StreamSubscription, kv: w, entry: entry, current: current}), nil
 }
 
 // countWatch counts a watch in the key-value operations metric: 200 when
@@ -212,13 +207,5 @@ func (ss *session) watch(f *frame) {
 	}
 	ss.addSub(sid, feed)
 	ss.reply(f, nil)
-	go s.runFeed(feed, ss.out, nil, func(err error) {
-		if errors.Is(err, errStalled) {
-			s.metrics.slowClosed.WithLabelValues("ws").Inc()
-			ss.out.close()
-			ss.ws.Close(websocket.StatusPolicyViolation, watchStalledMessage(s))
-			return
-		}
-		ss.reply(&frame{Op: "watch", Sid: sid}, err)
-	})
+	ss.runFeed(sid, feed)
 }

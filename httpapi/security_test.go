@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -265,7 +266,16 @@ func TestTokensNeverAppearInLogsMetricsOrErrors(t *testing.T) {
 			w.send(map[string]any{"op": "sub", "sid": "s", "subject": "billing.x"})
 			w.send(map[string]any{"op": "req", "id": "r", "subject": "echo", "data": "x"})
 			w.send(map[string]any{"op": "connect", "token": tok})
-			w.closed()
+			w.send(map[string]any{"op": "connect", "token": tok + "-changed"})
+			w.send(map[string]any{"op": "ping"})
+			for f := range w.frames {
+				b, _ := json.Marshal(f)
+				seen.Write(b)
+				if f["op"] == "pong" {
+					break
+				}
+			}
+			w.c.Close(websocket.StatusNormalClosure, "")
 		} else if resp != nil {
 			body, _ := io.ReadAll(resp.Body)
 			record(resp, body)

@@ -44,6 +44,10 @@ type WSConfig struct {
 	// MaxInflight bounds a session's requests and acknowledged publishes
 	// awaiting NATS. Zero means 256.
 	MaxInflight int
+	// ExpiryNotice is how long before its token expires (an OIDC token's)
+	// a session is sent {"op":"status","auth":"expiring",…}, time to
+	// refresh it with a connect frame. Zero means 30 s.
+	ExpiryNotice time.Duration
 }
 
 func (c *WSConfig) setDefaults() {
@@ -58,6 +62,9 @@ func (c *WSConfig) setDefaults() {
 	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 256
+	}
+	if c.ExpiryNotice <= 0 {
+		c.ExpiryNotice = 30 * time.Second
 	}
 }
 
@@ -217,7 +224,18 @@ type session struct {
 	reqID  string          // the upgrade request's id, for logs
 	ctx    context.Context // made on first use by the reader (context); nil for idle sessions
 	cancel context.CancelFunc
-	conn   *bridge.Conn
+
+	// conn is the token's connection, the reader's; a refresh replaces it
+	// (use). live is the one whose close ends the session: the new one as
+	// soon as a refresh has it. connUse counts the requests and
+	// acknowledged publishes under way on conn (made on first use), which
+	// a connection left behind waits for before it is released.
+	conn    *bridge.Conn
+	live    atomic.Pointer[bridge.Conn]
+	connUse *sync.WaitGroup
+	unwatch func()      // stops conn's status callbacks
+	expiry  *time.Timer // the expiring notice of conn's token, if it expires; reader only
+	limit   int64       // the session's frame bound
 
 	out      *outbox
 	inflight atomic.Int32
@@ -271,24 +289,18 @@ func (ss *session) run(c *bridge.Conn) {
 			return
 		}
 	}
-	ss.conn = c
+	ss.live.Store(c)
+	ss.use(c)
 	defer ss.cleanup()
 	s.metrics.sessions.WithLabelValues("ws").Inc()
 	defer s.metrics.sessions.WithLabelValues("ws").Dec()
 
-	limit := s.cfg.WS.MaxFrameBytes
-	if limit <= 0 {
-		limit = (c.MaxPayload()+2)/3*4 + 64<<10
+	ss.limit = s.cfg.WS.MaxFrameBytes
+	if ss.limit <= 0 {
+		ss.limit = (c.MaxPayload()+2)/3*4 + 64<<10
 	}
-	ss.ws.SetReadLimit(limit)
-	stop := c.Watch(ss.onStatus)
-	defer stop()
-	nats := "connected"
-	if !c.Connected() {
-		nats = "disconnected"
-	}
-	ss.out.pushCtrl(fmt.Appendf(nil, `{"op":"connected","nats":"%s","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
-		nats, c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
+	ss.ws.SetReadLimit(ss.limit)
+	ss.connected("")
 	ss.pingAt.Store(time.Now().Add(s.cfg.KeepAlive).UnixNano())
 	for {
 		typ, data, err := ss.ws.Read(noDeadline)
@@ -401,7 +413,7 @@ func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 	case "ping":
 		ss.out.pushCtrl([]byte(`{"op":"pong"}`))
 	case "connect":
-		return closeMalformed, "already connected"
+		ss.refresh(f)
 	default:
 		return closeMalformed, "unknown op " + strconv.Quote(f.Op)
 	}
@@ -485,19 +497,38 @@ func (ss *session) subStream(f *frame, start bridge.Start) {
 	}
 	ss.addSub(f.Sid, feed)
 	ss.reply(f, nil)
-	if g := feed.sub.Gap(); g != nil {
-		b := append(append([]byte(`{"op":"status","sid":"`), f.Sid...), `","gap":`...)
+	ss.runFeed(f.Sid, feed)
+}
+
+// runFeed starts feeding a JetStream subscription or key-value watch of
+// the session's connection to the client: the gap notice first, if any.
+// A feed that ends by itself is told to the client as an error frame for
+// its sid (which the client unsubscribes and makes again), unless the
+// session is moving away from its connection: the move resumes it (see
+// refresh). One that stalls closes the session with 1008.
+func (ss *session) runFeed(sid string, feed *jsFeed) {
+	s := ss.s
+	c := ss.conn
+	prefix, stalled := newWSSink(ss.out, sid).prefix, stalledMessage(s.cfg.SlowConsumerGrace)
+	if feed.kv != nil {
+		prefix, stalled = nil, watchStalledMessage(s)
+	}
+	if g := feed.sub.Gap(); g != nil && feed.kv == nil {
+		b := append(append([]byte(`{"op":"status","sid":"`), sid...), `","gap":`...)
 		ss.out.pushCtrl(append(gapJSON(b, g), '}'))
 	}
-	sid := f.Sid
-	go s.runFeed(feed, ss.out, newWSSink(ss.out, sid).prefix, func(err error) {
+	go s.runFeed(feed, ss.out, prefix, func(err error) {
 		if errors.Is(err, errStalled) {
 			s.metrics.slowClosed.WithLabelValues("ws").Inc()
 			ss.out.close()
-			ss.ws.Close(websocket.StatusPolicyViolation, stalledMessage(s.cfg.SlowConsumerGrace))
+			ss.ws.Close(websocket.StatusPolicyViolation, stalled)
 			return
 		}
-		ss.reply(&frame{Op: "sub", Sid: sid}, err)
+		if ss.live.Load() != c {
+			return
+		}
+		feed.told = true
+		ss.tellEnded(sid, feed, err)
 	})
 }
 
@@ -513,14 +544,24 @@ func (ss *session) unsub(f *frame) {
 	ss.reply(f, nil)
 }
 
-// takeSlot reserves one of the session's in-flight slots.
-func (ss *session) takeSlot(f *frame) bool {
+// takeSlot reserves one of the session's in-flight slots, for work on its
+// current connection; end gives it back. nil: none is free, and the
+// client was told.
+func (ss *session) takeSlot(f *frame) (end func()) {
 	if int(ss.inflight.Add(1)) > ss.s.cfg.WS.MaxInflight {
 		ss.inflight.Add(-1)
 		ss.reply(f, fmt.Errorf("%w: at most %d requests and acknowledged publishes in flight", errTooMany, ss.s.cfg.WS.MaxInflight))
-		return false
+		return nil
 	}
-	return true
+	if ss.connUse == nil {
+		ss.connUse = new(sync.WaitGroup)
+	}
+	use := ss.connUse
+	use.Add(1)
+	return func() {
+		ss.inflight.Add(-1)
+		use.Done()
+	}
 }
 
 // pub publishes in frame order. With an id, the ok or error comes once
@@ -541,18 +582,19 @@ func (ss *session) pub(f *frame) {
 		s.metrics.msgsIn.WithLabelValues("ws").Inc()
 		return
 	}
-	if !ss.takeSlot(f) {
+	end := ss.takeSlot(f)
+	if end == nil {
 		return
 	}
 	confirm, err := ss.conn.PublishStart(m, s.cfg.MaxSubjectLen)
 	if err != nil {
-		ss.inflight.Add(-1)
+		end()
 		ss.reply(f, err)
 		return
 	}
 	ctx := ss.context()
 	go func() {
-		defer ss.inflight.Add(-1)
+		defer end()
 		err := confirm(ctx)
 		if err == nil {
 			s.metrics.msgsIn.WithLabelValues("ws").Inc()
@@ -580,13 +622,14 @@ func (ss *session) req(f *frame) {
 		ss.reply(f, err)
 		return
 	}
-	if !ss.takeSlot(f) {
+	end := ss.takeSlot(f)
+	if end == nil {
 		return
 	}
-	ctx := ss.context()
+	ctx, c := ss.context(), ss.conn
 	go func() {
-		defer ss.inflight.Add(-1)
-		rep, err := ss.conn.Request(ctx, m, timeout, s.cfg.MaxSubjectLen)
+		defer end()
+		rep, err := c.Request(ctx, m, timeout, s.cfg.MaxSubjectLen)
 		if err != nil {
 			ss.reply(f, err)
 			return
@@ -598,24 +641,34 @@ func (ss *session) req(f *frame) {
 	}()
 }
 
-// onStatus tells the client about its NATS connection; a connection
-// closed for good ends the session.
-func (ss *session) onStatus(st bridge.Status) {
+// onStatus tells the client about its NATS connection c; c closed for
+// good ends the session, unless the session has moved to another
+// connection meanwhile (a refresh).
+func (ss *session) onStatus(c *bridge.Conn, st bridge.Status) {
+	if ss.live.Load() != c {
+		return
+	}
 	if st != bridge.Closed {
 		ss.out.tryCtrl([]byte(`{"op":"status","nats":"` + st.String() + `"}`))
 		return
 	}
-	go func() {
-		if ss.conn.ClosedByAuth() {
-			reason := "token no longer accepted by the NATS server"
-			if ss.conn.CloseReason() == bridge.ReasonTokenExpired {
-				reason = bridge.ReasonTokenExpired
-			}
-			ss.ws.Close(closeUnauthorized, reason)
-		} else {
-			ss.ws.Close(websocket.StatusTryAgainLater, "NATS connection closed")
+	go ss.endFor(c)
+}
+
+// endFor closes the session for its connection c, closed for good.
+func (ss *session) endFor(c *bridge.Conn) {
+	if ss.live.Load() != c {
+		return
+	}
+	if c.ClosedByAuth() {
+		reason := "token no longer accepted by the NATS server"
+		if c.CloseReason() == bridge.ReasonTokenExpired {
+			reason = bridge.ReasonTokenExpired
 		}
-	}()
+		ss.ws.Close(closeUnauthorized, reason)
+	} else {
+		ss.ws.Close(websocket.StatusTryAgainLater, "NATS connection closed")
+	}
 }
 
 // pingDue reports whether the session is authenticated and due a ping,
@@ -705,6 +758,10 @@ func (ss *session) cleanup() {
 		sub.Close()
 		delete(ss.subs, sid)
 		ss.s.metrics.subscriptions.Dec()
+	}
+	ss.unwatch()
+	if ss.expiry != nil {
+		ss.expiry.Stop()
 	}
 	ss.cleanupConn(ss.conn)
 	ss.ws.CloseNow()

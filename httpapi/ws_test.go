@@ -212,27 +212,39 @@ func TestWSConnectFrameAuth(t *testing.T) {
 		w.send(map[string]any{"op": "ping"})
 		w.next("pong")
 	})
+	t.Run("connect again", func(t *testing.T) {
+		w := g.dialWS("")
+		w.send(map[string]any{"op": "connect", "token": adminToken})
+		w.next("connected")
+		w.send(map[string]any{"op": "connect", "token": "wrong", "id": "bad"})
+		if f := w.next("error"); f["status"] != float64(401) || f["id"] != "bad" {
+			t.Fatalf("connect with a wrong token on an open session: %v, want error 401", f)
+		}
+		for _, tok := range []string{adminToken, ordersToken} { // the same token, then another
+			w.send(map[string]any{"op": "connect", "token": tok})
+			w.next("connected")
+		}
+		w.send(map[string]any{"op": "pub", "subject": "billing.x", "id": "p"})
+		if f := w.next("error"); f["status"] != float64(403) {
+			t.Fatalf("a publish after moving to the orders token: %v, want its 403", f)
+		}
+	})
 	for name, tc := range map[string]struct {
 		first string
 		code  websocket.StatusCode
 	}{
-		"wrong token":        {`{"op":"connect","token":"wrong"}`, 4401},
-		"empty token":        {`{"op":"connect","token":""}`, 4401},
-		"op before connect":  {`{"op":"sub","sid":"a","subject":"x"}`, 4401},
-		"not json":           {`hello`, 4400},
-		"no op":              {`{"token":"x"}`, 4400},
-		"nothing (timeout)":  {"", 4408},
-		"oversized connect":  {`{"op":"connect","token":"` + strings.Repeat("a", 20000) + `"}`, websocket.StatusMessageTooBig},
-		"connect after auth": {"connect twice", 4400},
+		"wrong token":       {`{"op":"connect","token":"wrong"}`, 4401},
+		"empty token":       {`{"op":"connect","token":""}`, 4401},
+		"op before connect": {`{"op":"sub","sid":"a","subject":"x"}`, 4401},
+		"not json":          {`hello`, 4400},
+		"no op":             {`{"token":"x"}`, 4400},
+		"nothing (timeout)": {"", 4408},
+		"oversized connect": {`{"op":"connect","token":"` + strings.Repeat("a", 20000) + `"}`, websocket.StatusMessageTooBig},
 	} {
 		t.Run(name, func(t *testing.T) {
 			w := g.dialWS("")
 			switch tc.first {
 			case "":
-			case "connect twice":
-				w.send(map[string]any{"op": "connect", "token": adminToken})
-				w.next("connected")
-				w.send(map[string]any{"op": "connect", "token": adminToken})
 			default:
 				w.sendRaw(tc.first)
 			}

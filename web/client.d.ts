@@ -26,8 +26,12 @@ export interface Message {
 export type Unsubscribe = (() => Promise<void>) & { readonly sid: string; readonly subject: string };
 
 export interface ConnectOptions {
-  /** The bearer token, sent only in the first frame; never in a URL, never stored. */
-  token: string;
+  /**
+   * The bearer token, sent only in connect frames; never in a URL, never stored. Or a function resolving to a fresh
+   * one (an OIDC access token), called at connect, at each reconnect and on the gateway's expiring notice, when the
+   * client moves the open session to it (refresh()), subscriptions kept.
+   */
+  token: string | (() => string | Promise<string>);
   /** WebSocket URL or the gateway's base; default ws(s)://<page host>/v1/ws. http(s) URLs become ws(s); a path not ending in /v1/ws (a bare origin, or a mount prefix such as "/nats") gets /v1/ws appended. */
   url?: string;
   /** Reconnect after a reconnectable close (RECONNECT_CODES). Default true. */
@@ -144,7 +148,10 @@ export interface ClientEvents {
   subscribed: { sid: string; subject: string; resubscribed: boolean };
   closed: { code: number; reason: string; error: NatsgateError };
   error: { error: Error; sid?: string; subject?: string; bucket?: string };
-  status: { op: 'status'; nats?: 'disconnected' | 'reconnected' | string; gateway?: string };
+  /** The NATS connection's changes, or auth 'expiring' (the token expires in expires_in_ms; a token function is called). */
+  status: { op: 'status'; nats?: 'disconnected' | 'reconnected' | string; gateway?: string; auth?: 'expiring'; expires_in_ms?: number };
+  /** The session moved to a fresh token (refresh()); a failed refresh is an 'error'. */
+  refresh: { info: ConnectedInfo };
   slowconsumer: { dropped: number; message: string };
   /** A JetStream subscription's stream no longer holds messages it asked for. */
   gap: Gap;
@@ -220,6 +227,13 @@ export class NatsgateClient extends EventTarget {
   request(subject: string, data?: unknown, opts?: RequestOptions): Promise<Message>;
   /** Round trip to the gateway; rejects with 504 without a pong within options.timeout, 503 if not connected. */
   ping(): Promise<void>;
+  /**
+   * With token as a function: moves the open session to a fresh token from it, every subscription kept; resolves on
+   * the gateway's new connected frame. Rejects (also an 'error' event, error.refresh true) with 401 (refused, or the
+   * function failed), 403 (the fresh token may not keep a subscription), 429, 504; the session goes on with the old
+   * token. Called by the client itself on the expiring notice.
+   */
+  refresh(): Promise<void>;
   /** The active subscriptions; jetstream: the original start and the last seq delivered. */
   readonly subscriptions: Array<{
     sid: string;
@@ -264,7 +278,7 @@ export interface StreamOptions {
   /** The gateway confirmed the subscription (": subscribed"). */
   onOpen?: () => void;
   /** An "event: status" ({"op":"status",…}). */
-  onStatus?: (status: { op: 'status'; nats?: string; gateway?: string }) => void;
+  onStatus?: (status: { op: 'status'; nats?: string; gateway?: string; auth?: 'expired' }) => void;
   /** Any other comment, e.g. "slow consumer: 3 dropped". */
   onComment?: (comment: string) => void;
   /** Aborting ends the stream; the promise then resolves. */

@@ -4,10 +4,19 @@
  * gateway's WebSocket protocol (README, "WebSocket protocol"), plus
  * subscribeStream for GET /v1/subscribe over fetch().
  *
- * The token is sent only in the first frame, {"op":"connect","token":…}.
+ * The token is sent only in connect frames, {"op":"connect","token":…}.
  * It never goes into a URL and is never stored (no localStorage, no
  * sessionStorage, no cookie): the client keeps it in a private field so
  * that it can authenticate again after a reconnect.
+ *
+ * A short-lived token (an OIDC access token) is given as an async
+ * function returning a fresh one: the client calls it at connect, at
+ * each reconnect and when the gateway says the token expires soon
+ * ({"op":"status","auth":"expiring"}); it then sends the fresh token on
+ * the open session, which keeps every subscription, and resolves the
+ * refresh on the gateway's new "connected". A refresh that fails (the
+ * function throws, or the gateway refuses the token) is an 'error' event
+ * and the session goes on with the old token until it expires.
  *
  *   import { connect } from '/client.js';
  *   const nc = await connect({ token });
@@ -23,6 +32,9 @@
  *   nc.on('gap', (g) => console.warn(`messages before ${g.first_seq} are gone`));
  *   nc.close();
  *
+ *   // a token from your identity provider, fetched afresh whenever needed
+ *   const oc = await connect({ token: async () => (await auth.getAccessToken()) });
+ *
  * @module natsgate-client
  */
 
@@ -36,8 +48,9 @@ export const RECONNECT_CODES = Object.freeze([1001, 1006, 1008, 1011, 1012, 1013
 
 /**
  * Close codes that end the client for good: 1009 frame too large, 4400
- * protocol misuse, 4401 token rejected or revoked, 4408 no connect frame
- * in time.
+ * protocol misuse, 4401 token rejected or revoked (or expired, unless the
+ * token option is a function, which then gives a fresh one to reconnect
+ * with), 4408 no connect frame in time.
  */
 export const FINAL_CODES = Object.freeze([1009, 4400, 4401, 4408]);
 
@@ -90,7 +103,9 @@ export class NatsgateError extends Error {
 
 /**
  * @typedef {object} ConnectOptions
- * @property {string} token the bearer token (required)
+ * @property {string|(() => string|Promise<string>)} token the bearer token (required), or a
+ *   function resolving to a fresh one, called at connect, at each reconnect and on the
+ *   gateway's expiring notice (then the session moves to the fresh token, subscriptions kept)
  * @property {string} [url] the gateway's WebSocket URL, or its base; default
  *   ws(s)://<this page's host>/v1/ws. An http(s) URL is turned into ws(s); a URL
  *   whose path does not end in /v1/ws is the gateway's base (a bare origin, or
@@ -278,8 +293,10 @@ function resolveURL(url, path, ws) {
   return u;
 }
 
+/** @returns {string} the token, checked */
 function checkToken(/** @type {unknown} */ token) {
   if (typeof token !== 'string' || token === '') throw new TypeError('natsgate: a token is required');
+  return token;
 }
 
 /**
@@ -330,7 +347,7 @@ async function httpError(resp) {
 
 /**
  * @typedef {object} Pending
- * @property {'sub'|'unsub'|'pub'|'req'} kind
+ * @property {'sub'|'unsub'|'pub'|'req'|'connect'} kind
  * @property {(v: any) => void} resolve
  * @property {(e: Error) => void} reject
  * @property {ReturnType<typeof setTimeout>} [timer]
@@ -367,7 +384,11 @@ function quiet(kind) {
  * - error: {error} an error frame without a pending call, a failed
  *   re-subscription, or a handler that threw
  * - status: the {"op":"status","nats":…} frame: the token's NATS
- *   connection went away ("disconnected") or came back ("reconnected")
+ *   connection went away ("disconnected") or came back ("reconnected");
+ *   or {"op":"status","auth":"expiring","expires_in_ms":…}: the token
+ *   expires soon (with a token function, a refresh follows by itself)
+ * - refresh: {info} the session moved to a fresh token (refresh());
+ *   a refresh that failed is an 'error' whose error has refresh: true
  * - slowconsumer: {dropped, message} the gateway dropped messages
  * - gap: {sid, subject, first_seq, requested_seq | requested_time} a
  *   JetStream subscription's stream no longer holds messages it asked
@@ -379,7 +400,11 @@ function quiet(kind) {
  */
 export class NatsgateClient extends EventTarget {
   /** @type {string} */
-  #token;
+  #token = '';
+  /** @type {(() => string|Promise<string>)|null} the token option, when it is a function */
+  #tokenFn = null;
+  /** @type {Promise<void>|null} the refresh under way */
+  #refreshing = null;
   /** @type {WebSocket|null} */
   #ws = null;
   #seq = 0;
@@ -408,8 +433,8 @@ export class NatsgateClient extends EventTarget {
   constructor(options) {
     super();
     const o = options || /** @type {ConnectOptions} */ ({});
-    checkToken(o.token);
-    this.#token = o.token;
+    if (typeof o.token === 'function') this.#tokenFn = o.token;
+    else this.#token = checkToken(o.token);
     /** The WebSocket URL. */
     this.url = resolveURL(o.url, '/v1/ws', true).href;
     this.options = {
@@ -458,7 +483,76 @@ export class NatsgateClient extends EventTarget {
     this.dispatchEvent(new CustomEvent(type, { detail }));
   }
 
+  /** Opens a socket, with a fresh token first when the token is a function. */
   #open() {
+    if (!this.#tokenFn) {
+      this.#openSocket();
+      return;
+    }
+    this.#freshToken().then(
+      (token) => {
+        if (this.state === 'closed' || this.#userClosed) return;
+        this.#token = token;
+        this.#openSocket();
+      },
+      (/** @type {NatsgateError} */ error) => {
+        if (this.state === 'closed' || this.#userClosed) return;
+        this.#emit('error', { error });
+        // A first attempt fails as a rejected token would; later ones back off and try again.
+        if (!this.#everConnected) this.#finish(0, error.message, error);
+        else this.#onClose(1006, error.message);
+      },
+    );
+  }
+
+  /**
+   * Calls the token function; rejects with a NatsgateError (status 401) if
+   * it throws or gives no token.
+   * @returns {Promise<string>}
+   */
+  async #freshToken() {
+    const fn = /** @type {() => string|Promise<string>} */ (this.#tokenFn);
+    try {
+      return checkToken(await fn());
+    } catch (e) {
+      throw new NatsgateError(`natsgate: the token function failed: ${e instanceof Error ? e.message : e}`, { status: 401 });
+    }
+  }
+
+  /**
+   * Moves the open session to a fresh token from the token function: the
+   * gateway keeps every subscription. Resolves on its new "connected";
+   * rejects (and emits 'error') with the gateway's refusal (401, 403,
+   * 429), a failing token function (401) or no answer in time (504), the
+   * session going on with the old token. The client calls it by itself on
+   * the gateway's expiring notice; one refresh at a time.
+   * @returns {Promise<void>}
+   */
+  refresh() {
+    if (!this.#tokenFn) return Promise.reject(new TypeError('natsgate: refresh needs token as a function'));
+    if (this.#refreshing) return this.#refreshing;
+    const ws = this.#ws;
+    const p = this.#freshToken()
+      .then((token) => {
+        if (ws !== this.#ws || this.state !== 'connected') return undefined; // the reconnect takes a fresh one
+        return this.#call('connect', { op: 'connect', token }).then(() => {
+          this.#token = token;
+          this.#emit('refresh', { info: this.info });
+        });
+      })
+      .catch((/** @type {NatsgateError} */ error) => {
+        Object.assign(error, { refresh: true });
+        this.#emit('error', { error });
+        throw error;
+      })
+      .finally(() => {
+        if (this.#refreshing === p) this.#refreshing = null;
+      });
+    this.#refreshing = p;
+    return p;
+  }
+
+  #openSocket() {
     let ws;
     try {
       ws = new WebSocket(this.url);
@@ -540,7 +634,16 @@ export class NatsgateClient extends EventTarget {
     }
     if (f.sid !== undefined && this.#watches.has(f.sid) && this.#onWatchFrame(f)) return;
     switch (f.op) {
-      case 'connected': return this.#onConnected(f);
+      case 'connected': {
+        const p = f.id !== undefined ? this.#pending.get(f.id) : undefined;
+        if (!p) return this.#onConnected(f);
+        // The answer to a refresh: the same session, on a fresh token.
+        this.#pending.delete(f.id);
+        if (p.timer) clearTimeout(p.timer);
+        if (p.kind === 'connect') this.info = f;
+        p.resolve(undefined);
+        return;
+      }
       case 'msg': {
         const sub = this.#subs.get(f.sid);
         if (!sub) return;
@@ -586,6 +689,7 @@ export class NatsgateClient extends EventTarget {
           // JetStream subscriptions waiting to be made again need not wait longer.
           for (const sub of this.#subs.values()) if (sub.js && sub.js.now) sub.js.now();
         }
+        if (f.auth === 'expiring' && this.#tokenFn) this.refresh().catch(() => {}); // told as an 'error'
         return this.#emit('status', f);
       }
       case 'pong': {
@@ -644,8 +748,10 @@ export class NatsgateClient extends EventTarget {
       // after "connected" (1008, 1013) keeps the backoff growing.
       if (Date.now() - this.#connectedAt >= this.options.backoffResetAfter) this.#attempt = 0;
     }
+    // An expired token is final, unless the token function can give a fresh one.
+    const expired = code === 4401 && /token expired/.test(reason) && this.#tokenFn !== null;
     const canRetry = !this.#userClosed && this.#everConnected && this.options.reconnect &&
-      RECONNECT_CODES.includes(code) && this.#attempt < this.options.maxReconnectAttempts;
+      (RECONNECT_CODES.includes(code) || expired) && this.#attempt < this.options.maxReconnectAttempts;
     if (wasConnected || this.#userClosed) this.#emit('disconnect', { code, reason, willReconnect: canRetry });
     if (this.#userClosed) return; // a disconnect listener called close()
     if (!canRetry) {
@@ -674,6 +780,7 @@ export class NatsgateClient extends EventTarget {
     this.state = 'closed';
     this.#ws = null;
     this.#token = '';
+    this.#tokenFn = null;
     if (this.#timer) clearTimeout(this.#timer);
     this.#timer = null;
     this.#stopTimers();
@@ -716,7 +823,7 @@ export class NatsgateClient extends EventTarget {
 
   /**
    * Sends a frame with a fresh id and waits for its answer.
-   * @param {'unsub'|'pub'|'req'} kind
+   * @param {'unsub'|'pub'|'req'|'connect'} kind
    * @param {Record<string, any>} f
    * @param {number} [guardMs] rejects with 504 if nothing comes back in time (0: never); default options.timeout
    */

@@ -37,6 +37,7 @@ type config struct {
 	authFailureLimit    int
 	allowedOrigins      string
 	connectFrameTimeout time.Duration
+	expiryNotice        time.Duration
 	maxFrameBytes       int64
 	maxSubscriptions    int
 	maxSessions         int
@@ -104,6 +105,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.IntVar(&c.maxSubscriptions, "ws-max-subscriptions", 1000, "subscriptions per WebSocket session")
 	fs.IntVar(&c.maxSessions, "ws-max-sessions-per-token", 10000, "open WebSocket sessions per token")
 	fs.IntVar(&c.maxStreams, "max-streams-per-token", 10000, "open SSE and NDJSON subscription streams per token; one more is refused with 429")
+	fs.DurationVar(&c.expiryNotice, "ws-expiry-notice", 30*time.Second, "how long before its token expires (an OIDC token's) a WebSocket session is sent {\"op\":\"status\",\"auth\":\"expiring\"}, time to refresh it")
 	fs.IntVar(&c.maxInflight, "ws-max-inflight", 256, "requests and acknowledged publishes in flight per WebSocket session")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 15*time.Second, "bound on graceful shutdown")
 	fs.StringVar(&c.debugListen, "debug-listen", "", "serve Go's pprof profiles at this address (e.g. 127.0.0.1:6060); off when empty. Never expose it publicly")

@@ -171,6 +171,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			MaxSubscriptions:    cfg.maxSubscriptions,
 			MaxSessionsPerToken: cfg.maxSessions,
 			MaxInflight:         cfg.maxInflight,
+			ExpiryNotice:        cfg.expiryNotice,
 		},
 	})
 
