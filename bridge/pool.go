@@ -213,7 +213,6 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, err
 		}
 		c.nc = nc
-		c.perms.setMux(c.muxSubject())
 		c.name = p.tokenName(key) // known once the server has checked the token
 		c.refs.Store(1)
 		c.ready.Store(true)
