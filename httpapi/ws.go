@@ -219,10 +219,11 @@ type session struct {
 	cancel context.CancelFunc
 	conn   *bridge.Conn
 
-	out      *outbox
-	inflight atomic.Int32
-	subs     map[string]interface{ Close() } // core and JetStream subscriptions by sid; reader goroutine only
-	pingAt   atomic.Int64                    // unix ns of the next keep-alive ping; 0 while one is under way or before connect
+	out       *outbox
+	inflight  atomic.Int32
+	subs      map[string]interface{ Close() } // core and JetStream subscriptions by sid; reader goroutine only
+	pingAt    atomic.Int64                    // unix ns of the next keep-alive ping; 0 while one is under way or before connect
+	stopWatch func()                          // ends the connection watch; set once connected
 }
 
 func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote, reqID string) *session {
@@ -250,8 +251,8 @@ func (ss *session) run(c *bridge.Conn) {
 	s := ss.s
 	defer func() {
 		if p := recover(); p != nil {
-			s.logger.Error("panic in WebSocket session", "request_id", ss.reqID, "panic_type", typeName(p), "stack", string(debug.Stack()))
-			ss.ws.CloseNow()
+			ss.panicked(p)
+			ss.end()
 		}
 	}()
 	if !s.track(ss) {
@@ -259,7 +260,6 @@ func (ss *session) run(c *bridge.Conn) {
 		ss.cleanupConn(c)
 		return
 	}
-	defer s.untrack(ss)
 	if c == nil {
 		var code websocket.StatusCode
 		var reason string
@@ -268,21 +268,19 @@ func (ss *session) run(c *bridge.Conn) {
 				ss.ws.Close(code, truncateReason(reason))
 			}
 			ss.ws.CloseNow()
+			ss.end()
 			return
 		}
 	}
 	ss.conn = c
-	defer ss.cleanup()
 	s.metrics.sessions.WithLabelValues("ws").Inc()
-	defer s.metrics.sessions.WithLabelValues("ws").Dec()
+	ss.stopWatch = c.Watch(ss.onStatus)
 
 	limit := s.cfg.WS.MaxFrameBytes
 	if limit <= 0 {
 		limit = (c.MaxPayload()+2)/3*4 + 64<<10
 	}
 	ss.ws.SetReadLimit(limit)
-	stop := c.Watch(ss.onStatus)
-	defer stop()
 	nats := "connected"
 	if !c.Connected() {
 		nats = "disconnected"
@@ -290,6 +288,27 @@ func (ss *session) run(c *bridge.Conn) {
 	ss.out.pushCtrl(fmt.Appendf(nil, `{"op":"connected","nats":"%s","max_payload":%d,"max_frame_bytes":%d,"max_subscriptions":%d,"queue_bytes":%d}`,
 		nats, c.MaxPayload(), limit, s.cfg.WS.MaxSubscriptions, s.cfg.QueueBytes))
 	ss.pingAt.Store(time.Now().Add(s.cfg.KeepAlive).UnixNano())
+	ss.serve()
+}
+
+// serve reads and handles frames until the session ends, then ends it.
+// After a frame that changes what the session holds (sub, unsub, watch)
+// reading goes on in a fresh goroutine and this one ends: handling a
+// frame (encoding/json above all) grows a goroutine's stack to 8 KiB,
+// which an idle session would keep for its lifetime, where waiting for
+// the next frame needs 4. Frequent frames (pub, req) are handled in
+// place.
+func (ss *session) serve() {
+	handedOn := false
+	defer func() {
+		p := recover()
+		if p != nil {
+			ss.panicked(p)
+		}
+		if p != nil || !handedOn {
+			ss.end()
+		}
+	}()
 	for {
 		typ, data, err := ss.ws.Read(noDeadline)
 		if err != nil {
@@ -308,7 +327,28 @@ func (ss *session) run(c *bridge.Conn) {
 			ss.ws.Close(code, truncateReason(reason))
 			return
 		}
+		switch f.Op {
+		case "sub", "unsub", "watch":
+			handedOn = true
+			go ss.serve()
+			return
+		}
 	}
+}
+
+func (ss *session) panicked(p any) {
+	ss.s.logger.Error("panic in WebSocket session", "request_id", ss.reqID, "panic_type", typeName(p), "stack", string(debug.Stack()))
+	ss.ws.CloseNow()
+}
+
+// end releases what the session held, as far as it got.
+func (ss *session) end() {
+	if ss.stopWatch != nil {
+		ss.stopWatch()
+		ss.s.metrics.sessions.WithLabelValues("ws").Dec()
+		ss.cleanup()
+	}
+	ss.s.untrack(ss)
 }
 
 // awaitConnect reads the connect frame, closing the session with 4408 if
