@@ -43,7 +43,7 @@ type permissionLog struct {
 	mu       sync.Mutex
 	n        uint64        // number of the newest recorded violation
 	latest   atomic.Uint64 // n, readable without the lock
-	ring     []violation // violation n at (n-1)%violationRing; grows to violationRing, most connections never see one
+	ring     []violation   // violation n at (n-1)%violationRing; grows to violationRing, most connections never see one
 	watchers map[*watcher]struct{}
 	mux      string // the wildcard subject nats.go receives replies on
 	inbox    string // mux, once the server refused it
