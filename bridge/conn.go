@@ -68,6 +68,7 @@ type Conn struct {
 	roundTrips atomic.Int64 // confirmation round trips made
 
 	perms    permissionLog
+	muxOnce  sync.Once // perms learns the reply subject on the first request
 	logLimit logLimiter
 
 	jsOnce  sync.Once
@@ -253,7 +254,7 @@ func (c *Conn) Request(ctx context.Context, m *Msg, timeout time.Duration, maxSu
 	if err := c.check(m, maxSubject); err != nil {
 		return nil, err
 	}
-	if err := c.perms.inboxError(); err != nil {
+	if err := c.repliesError(); err != nil {
 		return nil, err
 	}
 	rctx, cancel := context.WithTimeout(ctx, timeout)
@@ -388,6 +389,17 @@ func (c *Conn) onAsyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
 				append([]any{"token", c.name, "err", err}, suppressedAttr(suppressed)...)...)
 		}
 	}
+}
+
+// repliesError is what every request checks first: whether the server
+// refused the subscription replies arrive on. On the first request it
+// tells the permission log that subject, which nats.go subscribes to with
+// its first request: asking for it sooner would make nats.go set up its
+// reply state (a random source of 5 KiB) for connections that never send
+// a request.
+func (c *Conn) repliesError() error {
+	c.muxOnce.Do(func() { c.perms.setMux(c.muxSubject()) })
+	return c.perms.inboxError()
 }
 
 // muxSubject is the wildcard subject nats.go subscribes to for replies.

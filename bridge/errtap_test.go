@@ -415,7 +415,7 @@ func (l *permissionLog) recorded() []violation {
 	defer l.mu.Unlock()
 	var vs []violation
 	for s := uint64(1); s <= l.n; s++ {
-		vs = append(vs, l.ring[s%violationRing])
+		vs = append(vs, l.ring[(s-1)%violationRing])
 	}
 	return vs
 }

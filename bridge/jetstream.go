@@ -59,7 +59,7 @@ func (c *Conn) jsRaw(ctx context.Context, fn func(ctx context.Context) error) er
 	if err := c.jsUsable(); err != nil {
 		return err
 	}
-	if err := c.perms.inboxError(); err != nil {
+	if err := c.repliesError(); err != nil {
 		return err
 	}
 	if _, ok := ctx.Deadline(); !ok {

@@ -43,7 +43,7 @@ type permissionLog struct {
 	mu       sync.Mutex
 	n        uint64        // number of the newest recorded violation
 	latest   atomic.Uint64 // n, readable without the lock
-	ring     [violationRing]violation
+	ring     []violation   // violation n at (n-1)%violationRing; grows to violationRing, most connections never see one
 	watchers map[*watcher]struct{}
 	mux      string // the wildcard subject nats.go receives replies on
 	inbox    string // mux, once the server refused it
@@ -83,7 +83,11 @@ func (l *permissionLog) record(v violation) {
 	defer l.mu.Unlock()
 	l.n++
 	l.latest.Store(l.n)
-	l.ring[l.n%violationRing] = v
+	if i := int((l.n - 1) % violationRing); i < len(l.ring) {
+		l.ring[i] = v
+	} else {
+		l.ring = append(l.ring, v)
+	}
 	switch {
 	case v.kind == denySubscribe && l.mux != "" && v.subject == l.mux:
 		l.inbox = l.mux
@@ -119,7 +123,7 @@ func (l *permissionLog) find(seq uint64, match func(violation) error) error {
 		return fmt.Errorf("%w: too many permission violations on this token to tell which", ErrForbidden)
 	}
 	for s := seq + 1; s <= l.n; s++ {
-		v := l.ring[s%violationRing]
+		v := l.ring[(s-1)%violationRing]
 		if v.kind == denyUnknown {
 			return unknownViolation(v)
 		}

@@ -35,7 +35,8 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxTokens bounds the distinct tokens with an open connection. When
 	// every one is in use, a new token gets ErrTooManyTokens; idle ones are
-	// closed to make room. Default 1024.
+	// closed to make room. Default 20000 (an idle one costs the gateway
+	// about 100 KiB of memory with the embedded server, its side included).
 	MaxTokens int
 	// RejectTTL is how long a token the server rejected is refused without
 	// asking the server again. Default 5 s.
@@ -90,7 +91,7 @@ func (c *Config) setDefaults() {
 	def(&c.ConnectTimeout, 5*time.Second)
 	def(&c.ConfirmTimeout, 5*time.Second)
 	def(&c.ReconnectWait, 500*time.Millisecond)
-	defInt(&c.MaxTokens, 1024)
+	defInt(&c.MaxTokens, 20000)
 	defInt(&c.MaxRejects, 16384)
 	defInt(&c.MaxDialing, 32)
 	defInt(&c.PendingMsgs, 65536)
@@ -213,7 +214,6 @@ func (p *Pool) Acquire(ctx context.Context, token string) (*Conn, error) {
 			return nil, err
 		}
 		c.nc = nc
-		c.perms.setMux(c.muxSubject())
 		c.name = p.tokenName(key) // known once the server has checked the token
 		c.refs.Store(1)
 		c.ready.Store(true)

@@ -268,8 +268,8 @@ func (ss *session) run(c *bridge.Conn) {
 	s := ss.s
 	defer func() {
 		if p := recover(); p != nil {
-			s.logger.Error("panic in WebSocket session", "request_id", ss.reqID, "panic_type", typeName(p), "stack", string(debug.Stack()))
-			ss.ws.CloseNow()
+			ss.panicked(p)
+			ss.end()
 		}
 	}()
 	if !s.track(ss) {
@@ -277,7 +277,6 @@ func (ss *session) run(c *bridge.Conn) {
 		ss.cleanupConn(c)
 		return
 	}
-	defer s.untrack(ss)
 	if c == nil {
 		var code websocket.StatusCode
 		var reason string
@@ -286,14 +285,13 @@ func (ss *session) run(c *bridge.Conn) {
 				ss.ws.Close(code, truncateReason(reason))
 			}
 			ss.ws.CloseNow()
+			ss.end()
 			return
 		}
 	}
 	ss.live.Store(c)
 	ss.use(c)
-	defer ss.cleanup()
 	s.metrics.sessions.WithLabelValues("ws").Inc()
-	defer s.metrics.sessions.WithLabelValues("ws").Dec()
 
 	ss.limit = s.cfg.WS.MaxFrameBytes
 	if ss.limit <= 0 {
@@ -302,6 +300,27 @@ func (ss *session) run(c *bridge.Conn) {
 	ss.ws.SetReadLimit(ss.limit)
 	ss.connected("")
 	ss.pingAt.Store(time.Now().Add(s.cfg.KeepAlive).UnixNano())
+	ss.serve()
+}
+
+// serve reads and handles frames until the session ends, then ends it.
+// After a frame that changes what the session holds (sub, unsub, watch,
+// a refresh's connect) reading goes on in a fresh goroutine and this one
+// ends: handling a frame (encoding/json above all) grows a goroutine's
+// stack to 8 KiB, which an idle session would keep for its lifetime,
+// where waiting for the next frame needs 4. Frequent frames (pub, req)
+// are handled in place.
+func (ss *session) serve() {
+	handedOn := false
+	defer func() {
+		p := recover()
+		if p != nil {
+			ss.panicked(p)
+		}
+		if p != nil || !handedOn {
+			ss.end()
+		}
+	}()
 	for {
 		typ, data, err := ss.ws.Read(noDeadline)
 		if err != nil {
@@ -320,7 +339,27 @@ func (ss *session) run(c *bridge.Conn) {
 			ss.ws.Close(code, truncateReason(reason))
 			return
 		}
+		switch f.Op {
+		case "sub", "unsub", "watch", "connect":
+			handedOn = true
+			go ss.serve()
+			return
+		}
 	}
+}
+
+func (ss *session) panicked(p any) {
+	ss.s.logger.Error("panic in WebSocket session", "request_id", ss.reqID, "panic_type", typeName(p), "stack", string(debug.Stack()))
+	ss.ws.CloseNow()
+}
+
+// end releases what the session held, as far as it got.
+func (ss *session) end() {
+	if ss.unwatch != nil { // connected
+		ss.s.metrics.sessions.WithLabelValues("ws").Dec()
+		ss.cleanup()
+	}
+	ss.s.untrack(ss)
 }
 
 // awaitConnect reads the connect frame, closing the session with 4408 if

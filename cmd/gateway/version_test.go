@@ -92,7 +92,7 @@ func TestHelpListsDefaultsAsTyped(t *testing.T) {
 		t.Fatal(err)
 	}
 	help := out.String()
-	for _, want := range []string{"Usage: natsgate", `(default "127.0.0.1:8080")`, "(default 1024)", "(default 5s)", "--version",
+	for _, want := range []string{"Usage: natsgate", `(default "127.0.0.1:8080")`, "(default 20000)", "(default 5s)", "--version",
 		"--tls-cert", "GATEWAY_TLS_CERT", "--tls-key", "GATEWAY_TLS_KEY", "--trusted-proxies", "GATEWAY_TRUSTED_PROXIES"} {
 		if !strings.Contains(help, want) {
 			t.Errorf("--help lacks %s", want)
