@@ -177,11 +177,11 @@ func baselineServer(token string) (*server.Server, string, error) {
 // fanSide is one side of the fan-out row.
 type fanSide struct {
 	name      string
-	pub       *nats.Conn
+	publish   func(n int, data []byte) error // a burst of n messages, flushed
 	delivered atomic.Int64 // msg deliveries counted by the subscribers
 	other     atomic.Int64 // other frames (slow-consumer notices …)
 
-	g       *gateway // for CPU accounting
+	srv     *proc // for CPU accounting (nil: this process)
 	cpu     cpuTimes
 	writes  func() int64 // write syscalls of the process serving the subscribers
 	syscw   int64        // those during measured bursts
@@ -196,20 +196,15 @@ type fanSide struct {
 func (f *fanSide) round(n, subs int, data []byte, measure bool) error {
 	start := f.delivered.Load()
 	target := start + int64(n)*int64(subs)
-	c0, w0 := f.g.cpuNow(), f.writes()
+	c0, w0 := f.srv.cpuNow(), f.writes()
 	t0 := time.Now()
-	for i := 0; i < n; i++ {
-		if err := f.pub.Publish("bench.fanout", data); err != nil {
-			return err
-		}
-	}
-	if err := f.pub.Flush(); err != nil {
+	if err := f.publish(n, data); err != nil {
 		return err
 	}
 	got := waitAtLeast(&f.delivered, target, 30*time.Second)
 	d := time.Since(t0)
 	if measure {
-		f.cpu = f.cpu.add(f.g.cpuNow().sub(c0))
+		f.cpu = f.cpu.add(f.srv.cpuNow().sub(c0))
 		f.syscw += f.writes() - w0
 		f.rounds++
 		f.total += d
@@ -234,7 +229,28 @@ func (f *fanSide) String() string {
 	if n := f.other.Load(); n > 0 {
 		s += fmt.Sprintf(", **%d non-msg frames**", n)
 	}
-	return s + "; " + f.cpu.cores(f.total)
+	s += "; " + f.cpu.cores(f.total)
+	if f.srv != nil {
+		s += fmt.Sprintf("; %s: %.2f µs CPU per delivered message", f.srv.kind, f.cpuPerMsg())
+	}
+	return s
+}
+
+// cpuPerMsg is the serving process's CPU per delivered message, in µs.
+func (f *fanSide) cpuPerMsg() float64 {
+	return float64(f.cpu.server.Microseconds()) / float64(max(f.counted, 1))
+}
+
+// natsBurst publishes n messages on nc and flushes.
+func natsBurst(nc *nats.Conn) func(int, []byte) error {
+	return func(n int, data []byte) error {
+		for range n {
+			if err := nc.Publish("bench.fanout", data); err != nil {
+				return err
+			}
+		}
+		return nc.Flush()
+	}
 }
 
 // rowFanout: deliveries/s to subscribed gateway sessions ÷ the same number
@@ -252,8 +268,15 @@ func (b *bench) rowFanout(ctx context.Context, r *row) error {
 	}
 	defer bs.Shutdown()
 
-	gw := &fanSide{name: "gateway", g: g, writes: g.writeSyscalls}
-	base := &fanSide{name: "nats-server websocket", g: g, writes: func() int64 { return writeSyscalls("self") }}
+	cf, err := b.startCentrifugo(ctx, b.tmp, "fanout")
+	if err != nil {
+		return err
+	}
+	defer cf.stop()
+
+	gw := &fanSide{name: "gateway", srv: &g.proc, writes: g.writeSyscalls}
+	base := &fanSide{name: "nats-server websocket", writes: func() int64 { return writeSyscalls("self") }}
+	cfs := &fanSide{name: "Centrifugo", srv: &cf.proc, writes: cf.writeSyscalls}
 
 	t := time.Now()
 	conns := make([]*websocket.Conn, o.subs)
@@ -306,58 +329,100 @@ func (b *bench) rowFanout(ctx context.Context, r *row) error {
 	}
 	logf("fanout: %d nats.go clients on %s subscribed in %s", o.subs, wsURL, time.Since(t).Round(time.Millisecond))
 
-	if gw.pub, err = nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-fanout-pub")); err != nil {
+	t = time.Now()
+	cfConns := make([]*cfClient, o.subs)
+	defer func() {
+		for _, c := range cfConns {
+			if c != nil {
+				c.c.CloseNow()
+			}
+		}
+	}()
+	jwt := cf.jwt("bench")
+	err = parallel(ctx, o.subs, o.dialConc, func(ctx context.Context, i int) error {
+		c, err := dialCentrifugo(ctx, cf.addr, jwt, centrifugoChannel, &cfs.delivered, &cfs.other, nil)
+		cfConns[i] = c
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("Centrifugo clients: %w", err)
+	}
+	logf("fanout: %d Centrifugo clients subscribed in %s", o.subs, time.Since(t).Round(time.Millisecond))
+
+	gwPub, err := nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-fanout-pub"))
+	if err != nil {
 		return err
 	}
-	defer gw.pub.Close()
-	if base.pub, err = nats.Connect(bs.ClientURL(), nats.Token(g.token), nats.Name("bench-fanout-pub")); err != nil {
+	defer gwPub.Close()
+	basePub, err := nats.Connect(bs.ClientURL(), nats.Token(g.token), nats.Name("bench-fanout-pub"))
+	if err != nil {
 		return err
 	}
-	defer base.pub.Close()
+	defer basePub.Close()
+	gw.publish, base.publish = natsBurst(gwPub), natsBurst(basePub)
+	cfPub := httpClient(1)
+	cfs.publish = func(n int, data []byte) error {
+		_, err := cf.apiOp(cfPub, "batch", centrifugoBatch(n, data), n)(ctx)
+		return err
+	}
 
 	data := payload(o.fanoutBytes)
 	// Warm-up burst each, unmeasured.
-	for _, s := range []*fanSide{gw, base} {
+	for _, s := range []*fanSide{gw, cfs, base} {
 		if err := s.round(o.fanoutMsgs, o.subs, data, false); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	sides := []*fanSide{gw, cfs, base}
 	var errs []error
-	gwOK, baseOK := true, true
-	for i := 0; (gwOK && gw.total < o.duration) || (baseOK && base.total < o.duration); i++ {
+	failed := map[*fanSide]bool{}
+	more := func(s *fanSide) bool { return !failed[s] && s.total < o.duration }
+	for i := 0; more(gw) || more(cfs) || more(base); i++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		order := []*fanSide{gw, base}
-		if i%2 == 1 {
-			order = []*fanSide{base, gw}
-		}
-		for _, s := range order {
-			ok := &gwOK
-			if s == base {
-				ok = &baseOK
-			}
-			if !*ok || s.total >= o.duration {
+		for k := range sides {
+			s := sides[(i+k)%len(sides)] // each round starts with the next side
+			if !more(s) {
 				continue
 			}
 			if err := s.round(o.fanoutMsgs, o.subs, data, true); err != nil {
 				errs = append(errs, err)
-				*ok = false // later bursts would count this one's stragglers
+				failed[s] = true // later bursts would count this one's stragglers
 			}
 		}
 	}
 	for _, err := range errs {
 		logf("fanout: %v", err)
 	}
-	ratio := gw.rate() / base.rate()
 	r.gateway = gw.String()
-	r.baseline = "nats-server's WebSocket listener, nats.go clients: " + base.String()
-	r.result = fmt.Sprintf("**%.2f×**", ratio)
-	r.goal = "≥ 1.0×"
-	r.met = verdict(ratio >= 1.0 && gw.lost == 0)
-	logf("fanout: gateway %.0f msg/s, nats-server ws %.0f msg/s; write syscalls per delivered message: gateway %.3f, bench process with nats-server %.3f",
-		gw.rate(), base.rate(), float64(gw.syscw)/float64(max(gw.counted, 1)), float64(base.syscw)/float64(max(base.counted, 1)))
+	r.baseline = "Centrifugo, one channel, JSON protocol: " + cfs.String() + "; nats-server's WebSocket listener, nats.go clients: " + base.String()
+	r.goal = "≥ 2.5× Centrifugo and ≥ 1.5× nats-server"
+	logf("fanout: gateway %.0f msg/s, Centrifugo %.0f msg/s, nats-server ws %.0f msg/s; write syscalls per delivered message: gateway %.3f, Centrifugo %.3f, bench process with nats-server %.3f",
+		gw.rate(), cfs.rate(), base.rate(), float64(gw.syscw)/float64(max(gw.counted, 1)), float64(cfs.syscw)/float64(max(cfs.counted, 1)), float64(base.syscw)/float64(max(base.counted, 1)))
+	if r.refused(gw.lost, cfs.lost, base.lost, int64(len(errs))) {
+		return nil
+	}
+	vsC, vsN := gw.rate()/cfs.rate(), gw.rate()/base.rate()
+	r.result = fmt.Sprintf("**%.2f×** Centrifugo (%.2f× its CPU per message), **%.2f×** nats-server", vsC, gw.cpuPerMsg()/cfs.cpuPerMsg(), vsN)
+	r.met = verdict(vsC >= 2.5 && vsN >= 1.5)
 	return nil
+}
+
+// centrifugoBatch is an /api/batch body publishing n copies of data (as a
+// JSON string) to the bench channel, in order.
+func centrifugoBatch(n int, data []byte) []byte {
+	cmd := fmt.Appendf(nil, `{"publish":{"channel":%q,"data":%q}}`, centrifugoChannel, data)
+	var b bytes.Buffer
+	b.WriteString(`{"commands":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(cmd)
+	}
+	b.WriteString(`]}`)
+	return b.Bytes()
 }
 
 // latencySample is a message's arrival: when, and the payload.
