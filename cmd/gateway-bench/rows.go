@@ -52,6 +52,10 @@ func rowTitle(name string, o *options) string {
 		return fmt.Sprintf("Publish→subscriber latency, %s samples, one at a time", fmtInt(float64(o.samples)))
 	case "rss":
 		return fmt.Sprintf("Gateway RSS per idle authenticated WebSocket session, at %s", fmtInt(float64(o.sessions)))
+	case "rsssub":
+		return fmt.Sprintf("RSS per idle WebSocket session subscribed to one subject (channel), one token for all, at %s", fmtInt(float64(o.sessions)))
+	case "rssuser":
+		return fmt.Sprintf("RSS per idle subscribed WebSocket session, **a token each** (a JWT per user), at %s", fmtInt(float64(o.sessions)))
 	case "kv":
 		return fmt.Sprintf("Key-value GET and PUT over HTTP, %d keep-alive conns, %d B values", o.conns, o.body)
 	case "jsreplay":
@@ -77,6 +81,10 @@ func (b *bench) runRow(ctx context.Context, name string) (row, error) {
 		err = b.rowLatency(ctx, &r)
 	case "rss":
 		err = b.rowRSS(ctx, &r)
+	case "rsssub":
+		err = b.rowRSSShared(ctx, &r)
+	case "rssuser":
+		err = b.rowRSSUser(ctx, &r)
 	case "kv":
 		err = b.rowKV(ctx, &r)
 	case "jsreplay":

@@ -30,11 +30,16 @@ var wsHTTP = &http.Client{Transport: &http.Transport{
 // upgrade) and reads its connected frame. Nothing reads it afterwards
 // unless the caller starts a reader.
 func dialSession(ctx context.Context, g *gateway) (*websocket.Conn, error) {
+	return dialSessionAs(ctx, g.addr, g.token)
+}
+
+// dialSessionAs is dialSession with another token.
+func dialSessionAs(ctx context.Context, addr, token string) (*websocket.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, "ws://"+g.addr+"/v1/ws", &websocket.DialOptions{
+	c, resp, err := websocket.Dial(ctx, "ws://"+addr+"/v1/ws", &websocket.DialOptions{
 		HTTPClient:      wsHTTP,
-		HTTPHeader:      http.Header{"Authorization": {"Bearer " + g.token}},
+		HTTPHeader:      http.Header{"Authorization": {"Bearer " + token}},
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
@@ -613,79 +618,3 @@ func (b *bench) rowLatency(ctx context.Context, r *row) error {
 	return nil
 }
 
-// rowRSS: gateway RSS growth per idle authenticated session.
-func (b *bench) rowRSS(ctx context.Context, r *row) error {
-	o := b.o
-	// Pings every 15 s by default would need a reader on each client;
-	// with 10 m none is sent during the row.
-	g, err := b.startGateway(ctx, "rss", "--keepalive", "10m")
-	if err != nil {
-		return err
-	}
-	defer g.stop()
-
-	// Warm up: the token's NATS connection and the session code paths.
-	warm := make([]*websocket.Conn, 0, 64)
-	for i := 0; i < min(64, o.sessions); i++ {
-		c, err := dialSession(ctx, g)
-		if err != nil {
-			return fmt.Errorf("warm-up session: %w", err)
-		}
-		warm = append(warm, c)
-	}
-	for _, c := range warm[1:] {
-		c.Close(websocket.StatusNormalClosure, "")
-	}
-	defer warm[0].CloseNow()
-	time.Sleep(time.Second)
-
-	gauges := []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes"}
-	before, err := g.rssKiB()
-	if err != nil {
-		return err
-	}
-	mb := g.metrics(gauges...)
-
-	conns := make([]*websocket.Conn, o.sessions)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.CloseNow()
-			}
-		}
-	}()
-	t := time.Now()
-	err = parallel(ctx, o.sessions, o.dialConc, func(ctx context.Context, i int) error {
-		c, err := dialSession(ctx, g)
-		conns[i] = c
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("opening %d sessions: %w", o.sessions, err)
-	}
-	opened := time.Since(t)
-	logf("rss: %d sessions open in %s (%.0f/s); settling %s", o.sessions, opened.Round(time.Millisecond), float64(o.sessions)/opened.Seconds(), o.settle)
-	time.Sleep(o.settle)
-	after, err := g.rssKiB()
-	if err != nil {
-		return err
-	}
-	ma := g.metrics(gauges...)
-	per := float64(after-before) / float64(o.sessions)
-	r.gateway = fmt.Sprintf("**%.2f KiB**/session: RSS %s → %s KiB", per, fmtInt(float64(before)), fmtInt(float64(after)))
-	if len(ma) == len(gauges) && len(mb) == len(gauges) {
-		kib := func(name string) float64 { return (ma[name] - mb[name]) / 1024 / float64(o.sessions) }
-		retained := func(m map[string]float64) float64 {
-			return m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"]
-		}
-		r.gateway += fmt.Sprintf(" (Go heap in use %+.1f KiB, free heap not yet returned to the OS %+.1f KiB, stacks %+.1f KiB, goroutines %+.2f per session)",
-			kib("go_memstats_heap_inuse_bytes"), (retained(ma)-retained(mb))/1024/float64(o.sessions),
-			kib("go_memstats_stack_inuse_bytes"), (ma["go_goroutines"]-mb["go_goroutines"])/float64(o.sessions))
-	}
-	r.baseline = fmt.Sprintf("— (opened in %s, %.0f sessions/s, %d at a time)", opened.Round(time.Millisecond), float64(o.sessions)/opened.Seconds(), o.dialConc)
-	r.result = fmt.Sprintf("**%.2f KiB**", per)
-	r.goal = "≤ 12 KiB"
-	r.met = verdict(per <= 12)
-	logf("rss: before %d KiB, after %d KiB, %.2f KiB/session; gauges before %v after %v", before, after, per, mb, ma)
-	return nil
-}
