@@ -36,7 +36,7 @@ const centrifugoModule = "github.com/centrifugal/centrifugo/v6@v6.9.1"
 func findCentrifugo(ctx context.Context, flagPath string) (bin, version string, err error) {
 	bin = flagPath
 	if bin == "" {
-		bin, err = exec.LookPath("centrifugo")
+		bin, _ = exec.LookPath("centrifugo") // "" when not in PATH
 	}
 	if bin == "" {
 		dir := goBinDir(ctx)
@@ -246,7 +246,7 @@ func (cl *cfClient) awaitReply(ctx context.Context, id int) error {
 				}
 			case bytes.HasPrefix(line, want):
 				if bytes.Contains(line, []byte(`"error":`)) {
-					return fmt.Errorf("Centrifugo refused command %d: %s", id, line)
+					return fmt.Errorf("centrifugo refused command %d: %s", id, line)
 				}
 				return nil
 			}

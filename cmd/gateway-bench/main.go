@@ -2,17 +2,25 @@
 // by side in the same run, on loopback, and prints one markdown table.
 //
 // It builds ./cmd/gateway, runs it as a subprocess (one fresh gateway per
-// row, with an embedded nats-server), and compares:
+// row, with an embedded nats-server) and, for the rows that compare with
+// it, Centrifugo v6 (installed with go install when missing), and compares:
 //
-//  1. confirmed HTTP publish req/s ÷ a plain net/http handler answering 204;
+//  1. confirmed HTTP publish req/s ÷ Centrifugo's /api/publish ÷ a plain
+//     net/http handler answering 204 (wrk as the load generator when
+//     installed);
 //  2. NDJSON batch publish messages/s ÷ nats.go publish + Flush in batches;
-//  3. WebSocket fan-out messages/s ÷ nats-server's own WebSocket listener;
-//  4. publish→subscriber latency (HTTP in, WebSocket out) − direct NATS;
+//  3. WebSocket fan-out messages/s ÷ Centrifugo ÷ nats-server's own
+//     WebSocket listener;
+//  4. publish→subscriber latency (HTTP in, WebSocket out) ÷ Centrifugo's,
+//     − direct NATS;
 //  5. RSS per idle authenticated WebSocket session;
 //  6. stored publish (/v1/js/publish) req/s ÷ nats.go's jetstream Publish;
 //  7. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put;
 //  8. JetStream fan-out replay: WebSocket sessions each reading the same
-//     stored messages from seq 1, messages/s ÷ nats.go ordered consumers.
+//     stored messages from seq 1, messages/s ÷ nats.go ordered consumers;
+//  9. RSS per idle subscribed session, one token for all ÷ Centrifugo's;
+//  10. RSS per idle subscribed session, a token each ÷ Centrifugo's (a JWT
+//     per user).
 //
 // The machine is noisy, so every ratio's two sides are measured in
 // alternating slices of the same run. See BENCHMARKS.md.

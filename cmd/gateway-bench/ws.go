@@ -183,8 +183,8 @@ func baselineServer(token string) (*server.Server, string, error) {
 type fanSide struct {
 	name      string
 	publish   func(n int, data []byte) error // a burst of n messages, flushed
-	delivered atomic.Int64 // msg deliveries counted by the subscribers
-	other     atomic.Int64 // other frames (slow-consumer notices …)
+	delivered atomic.Int64                   // msg deliveries counted by the subscribers
+	other     atomic.Int64                   // other frames (slow-consumer notices …)
 
 	srv     *proc // for CPU accounting (nil: this process)
 	cpu     cpuTimes
@@ -350,7 +350,7 @@ func (b *bench) rowFanout(ctx context.Context, r *row) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("Centrifugo clients: %w", err)
+		return fmt.Errorf("centrifugo clients: %w", err)
 	}
 	logf("fanout: %d Centrifugo clients subscribed in %s", o.subs, time.Since(t).Round(time.Millisecond))
 
@@ -617,4 +617,3 @@ func (b *bench) rowLatency(ctx context.Context, r *row) error {
 	logf("latency: gateway p50 %s p99 %s; Centrifugo p50 %s p99 %s; direct p50 %s p99 %s", g50, g99, c50, c99, n50, n99)
 	return nil
 }
-
