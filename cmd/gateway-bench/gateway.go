@@ -80,7 +80,7 @@ func (b *bench) startGatewayOnce(ctx context.Context, name string, extra ...stri
 	if !slices.Contains(extra, "--tokens-file") {
 		args = append(args, "--token", g.token)
 	}
-	args = append(args, extra...)
+	args = append(append(args, extra...), b.o.gatewayFlags...)
 	if err := b.startProc(&g.proc, b.bin, args...); err != nil {
 		return nil, err
 	}

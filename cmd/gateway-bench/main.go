@@ -66,6 +66,7 @@ type options struct {
 	gatewayBin   string
 	ref          string
 	centrifugo   string // binary; "" : found or installed
+	gatewayFlags []string
 	loadGen      string // auto, wrk, go
 	verbose      bool
 }
@@ -98,6 +99,7 @@ func parseOptions(args []string) (*options, error) {
 	fs.StringVar(&o.gatewayBin, "gateway", "", "use this gateway binary instead of building ./cmd/gateway")
 	fs.StringVar(&o.centrifugo, "centrifugo", "", "Centrifugo binary (default: centrifugo in PATH or go env GOBIN/GOPATH bin, else go install "+centrifugoModule+")")
 	fs.StringVar(&o.loadGen, "loadgen", "auto", "HTTP load generator of the publish row: wrk, go (closed loop in this process), or auto (wrk when in PATH)")
+	gwFlags := fs.String("gateway-flags", "", `extra flags for every gateway, space-separated (e.g. "--debug-listen 127.0.0.1:6060" to profile a row)`)
 	fs.StringVar(&o.ref, "ref", "", "build the gateway from this git revision (exported with git archive) instead of the working tree")
 	fs.BoolVar(&o.verbose, "v", false, "copy the gateway's log to stderr")
 	fs.Usage = func() {
@@ -119,6 +121,7 @@ func parseOptions(args []string) (*options, error) {
 			}
 		}
 	}
+	o.gatewayFlags = strings.Fields(*gwFlags)
 	o.rows = map[string]bool{}
 	for _, r := range strings.Split(*rows, ",") {
 		r = strings.TrimSpace(strings.ToLower(r))
