@@ -143,52 +143,52 @@ func (p *proc) waitReady(ctx context.Context, url string) error {
 	}
 }
 
-func (g *proc) readLog(r io.Reader, verbose bool) {
+func (p *proc) readLog(r io.Reader, verbose bool) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		if verbose {
-			fmt.Fprintf(os.Stderr, "[%s %s] %s\n", g.kind, g.name, line)
+			fmt.Fprintf(os.Stderr, "[%s %s] %s\n", p.kind, p.name, line)
 		}
-		g.mu.Lock()
-		if len(g.logs) < 200 {
-			g.logs = append(g.logs, line)
+		p.mu.Lock()
+		if len(p.logs) < 200 {
+			p.logs = append(p.logs, line)
 		}
-		g.mu.Unlock()
+		p.mu.Unlock()
 	}
 }
 
-func (g *proc) logLines() []string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]string(nil), g.logs...)
+func (p *proc) logLines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.logs...)
 }
 
 // stop sends SIGTERM and waits for a graceful exit (SIGKILL after 30 s).
-func (g *proc) stop() time.Duration {
+func (p *proc) stop() time.Duration {
 	t := time.Now()
 	select {
-	case <-g.exited:
+	case <-p.exited:
 		return 0
 	default:
 	}
-	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-g.exited:
+	case <-p.exited:
 	case <-time.After(30 * time.Second):
-		logf("%s %q did not exit 30 s after SIGTERM; killing it", g.kind, g.name)
-		_ = g.cmd.Process.Kill()
-		<-g.exited
+		logf("%s %q did not exit 30 s after SIGTERM; killing it", p.kind, p.name)
+		_ = p.cmd.Process.Kill()
+		<-p.exited
 	}
 	d := time.Since(t)
-	logf("%s %q stopped in %s (%v)", g.kind, g.name, d.Round(time.Millisecond), g.waitErr)
+	logf("%s %q stopped in %s (%v)", p.kind, p.name, d.Round(time.Millisecond), p.waitErr)
 	return d
 }
 
 // rssKiB reads VmRSS from /proc/<pid>/status.
-func (g *proc) rssKiB() (int64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(g.cmd.Process.Pid) + "/status")
+func (p *proc) rssKiB() (int64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
@@ -201,7 +201,7 @@ func (g *proc) rssKiB() (int64, error) {
 			return strconv.ParseInt(f[0], 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", g.cmd.Process.Pid)
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", p.cmd.Process.Pid)
 }
 
 // metrics scrapes the named unlabelled gauges from /metrics.
@@ -249,7 +249,7 @@ func (b *bench) reportLogs() {
 }
 
 // writeSyscalls counts the process's write syscalls.
-func (g *proc) writeSyscalls() int64 { return writeSyscalls(strconv.Itoa(g.cmd.Process.Pid)) }
+func (p *proc) writeSyscalls() int64 { return writeSyscalls(strconv.Itoa(p.cmd.Process.Pid)) }
 
 // writeSyscalls reads syscw from /proc/<pid>/io (0 when unreadable).
 func writeSyscalls(pid string) int64 {

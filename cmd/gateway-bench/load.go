@@ -265,17 +265,17 @@ func (c cpuTimes) cores(elapsed time.Duration) string {
 
 // cpuNow reads the CPU time (user+system) of the server process and of
 // this process; a nil g is none (the server is in this process).
-func (g *proc) cpuNow() cpuTimes {
+func (p *proc) cpuNow() cpuTimes {
 	var c cpuTimes
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	if g == nil {
+	if p == nil {
 		return c
 	}
-	c.who = g.kind
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(g.cmd.Process.Pid) + "/stat")
+	c.who = p.kind
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat")
 	if err != nil {
 		return c
 	}
