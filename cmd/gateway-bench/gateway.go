@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,18 +19,24 @@ import (
 	"github.com/natsgate/natsgate/internal/gatewayproc"
 )
 
-// gateway is a gateway subprocess with an embedded nats-server.
-type gateway struct {
-	name    string
+// proc is a server subprocess of the bench: a gateway or Centrifugo.
+type proc struct {
+	kind    string // "gateway", "Centrifugo": how reports name its CPU
+	name    string // the row it serves
 	cmd     *exec.Cmd
-	addr    string // HTTP host:port
-	natsURL string // the embedded server's native listener
-	token   string
 	exited  chan struct{}
 	waitErr error
 
 	mu   sync.Mutex
 	logs []string // warnings and errors it logged
+}
+
+// gateway is a gateway subprocess with an embedded nats-server.
+type gateway struct {
+	proc
+	addr    string // HTTP host:port
+	natsURL string // the embedded server's native listener
+	token   string
 }
 
 // startGateway runs the gateway binary with the bench's bounds plus extra
@@ -58,112 +65,130 @@ func (b *bench) startGatewayOnce(ctx context.Context, name string, extra ...stri
 		return nil, err
 	}
 	g := &gateway{
-		name:    name,
+		proc:    proc{kind: "gateway", name: name},
 		addr:    "127.0.0.1:" + strconv.Itoa(httpPort),
 		natsURL: "nats://127.0.0.1:" + strconv.Itoa(natsPort),
 		token:   gatewayproc.Token(),
-		exited:  make(chan struct{}),
 	}
 	args := []string{
-		"--token", g.token,
 		"--listen", g.addr,
 		"--nats-listen", "127.0.0.1:" + strconv.Itoa(natsPort),
 		"--log-level", "warn",
 		"--ws-max-sessions-per-token", strconv.Itoa(max(20000, 2*b.o.sessions)),
 		"--max-tokens", "1024",
 	}
-	args = append(args, extra...)
-	g.cmd = exec.Command(b.bin, args...)
-	g.cmd.Env = os.Environ()
-	stderr, err := g.cmd.StderrPipe()
-	if err != nil {
+	if !slices.Contains(extra, "--tokens-file") {
+		args = append(args, "--token", g.token)
+	}
+	args = append(append(args, extra...), b.o.gatewayFlags...)
+	if err := b.startProc(&g.proc, b.bin, args...); err != nil {
 		return nil, err
 	}
-	g.cmd.Stdout = io.Discard
-	if err := g.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start gateway: %w", err)
-	}
-	b.gateways = append(b.gateways, g)
-	go g.readLog(stderr, b.o.verbose)
-	go func() {
-		g.waitErr = g.cmd.Wait()
-		close(g.exited)
-	}()
 
-	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-g.exited:
-			return nil, fmt.Errorf("gateway exited at start (%v): %s", g.waitErr, strings.Join(g.logLines(), " | "))
-		case <-ctx.Done():
-			g.stop()
-			return nil, ctx.Err()
-		default:
-		}
-		resp, err := client.Get("http://" + g.addr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			g.stop()
-			return nil, fmt.Errorf("gateway not ready within 20 s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := g.waitReady(ctx, "http://"+g.addr+"/readyz"); err != nil {
+		return nil, err
 	}
 	logf("gateway %q pid %d on http://%s, NATS %s %s", name, g.cmd.Process.Pid, g.addr, g.natsURL, strings.Join(extra, " "))
 	return g, nil
 }
 
-func (g *gateway) readLog(r io.Reader, verbose bool) {
+// startProc starts bin with args as p, collecting its log (stderr).
+func (b *bench) startProc(p *proc, bin string, args ...string) error {
+	p.exited = make(chan struct{})
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = os.Environ()
+	stderr, err := p.cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	p.cmd.Stdout = io.Discard
+	if err := p.cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", p.kind, err)
+	}
+	b.procs = append(b.procs, p)
+	go p.readLog(stderr, b.o.verbose)
+	go func() {
+		p.waitErr = p.cmd.Wait()
+		close(p.exited)
+	}()
+	return nil
+}
+
+// waitReady polls url until it answers 200 (20 s at most); p is stopped
+// when it does not.
+func (p *proc) waitReady(ctx context.Context, url string) error {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s exited at start (%v): %s", p.kind, p.waitErr, strings.Join(p.logLines(), " | "))
+		case <-ctx.Done():
+			p.stop()
+			return ctx.Err()
+		default:
+		}
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			p.stop()
+			return fmt.Errorf("%s not ready within 20 s", p.kind)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *proc) readLog(r io.Reader, verbose bool) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
 		if verbose {
-			fmt.Fprintf(os.Stderr, "[gateway %s] %s\n", g.name, line)
+			fmt.Fprintf(os.Stderr, "[%s %s] %s\n", p.kind, p.name, line)
 		}
-		g.mu.Lock()
-		if len(g.logs) < 200 {
-			g.logs = append(g.logs, line)
+		p.mu.Lock()
+		if len(p.logs) < 200 {
+			p.logs = append(p.logs, line)
 		}
-		g.mu.Unlock()
+		p.mu.Unlock()
 	}
 }
 
-func (g *gateway) logLines() []string {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return append([]string(nil), g.logs...)
+func (p *proc) logLines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.logs...)
 }
 
 // stop sends SIGTERM and waits for a graceful exit (SIGKILL after 30 s).
-func (g *gateway) stop() time.Duration {
+func (p *proc) stop() time.Duration {
 	t := time.Now()
 	select {
-	case <-g.exited:
+	case <-p.exited:
 		return 0
 	default:
 	}
-	_ = g.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-g.exited:
+	case <-p.exited:
 	case <-time.After(30 * time.Second):
-		logf("gateway %q did not exit 30 s after SIGTERM; killing it", g.name)
-		_ = g.cmd.Process.Kill()
-		<-g.exited
+		logf("%s %q did not exit 30 s after SIGTERM; killing it", p.kind, p.name)
+		_ = p.cmd.Process.Kill()
+		<-p.exited
 	}
 	d := time.Since(t)
-	logf("gateway %q stopped in %s (%v)", g.name, d.Round(time.Millisecond), g.waitErr)
+	logf("%s %q stopped in %s (%v)", p.kind, p.name, d.Round(time.Millisecond), p.waitErr)
 	return d
 }
 
 // rssKiB reads VmRSS from /proc/<pid>/status.
-func (g *gateway) rssKiB() (int64, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(g.cmd.Process.Pid) + "/status")
+func (p *proc) rssKiB() (int64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/status")
 	if err != nil {
 		return 0, err
 	}
@@ -176,7 +201,7 @@ func (g *gateway) rssKiB() (int64, error) {
 			return strconv.ParseInt(f[0], 10, 64)
 		}
 	}
-	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", g.cmd.Process.Pid)
+	return 0, fmt.Errorf("no VmRSS in /proc/%d/status", p.cmd.Process.Pid)
 }
 
 // metrics scrapes the named unlabelled gauges from /metrics.
@@ -205,14 +230,14 @@ func (g *gateway) metrics(names ...string) map[string]float64 {
 	return out
 }
 
-// reportGatewayLogs prints what the gateways logged at warn or above.
-func (b *bench) reportGatewayLogs() {
-	for _, g := range b.gateways {
+// reportLogs prints what the servers logged at warn or above.
+func (b *bench) reportLogs() {
+	for _, g := range b.procs {
 		lines := g.logLines()
 		if len(lines) == 0 {
 			continue
 		}
-		logf("gateway %q logged %d line(s) at warn level or above:", g.name, len(lines))
+		logf("%s %q logged %d line(s) at warn level or above:", g.kind, g.name, len(lines))
 		for i, l := range lines {
 			if i == 20 {
 				logf("  …")
@@ -223,8 +248,8 @@ func (b *bench) reportGatewayLogs() {
 	}
 }
 
-// writeSyscalls counts the gateway's write syscalls.
-func (g *gateway) writeSyscalls() int64 { return writeSyscalls(strconv.Itoa(g.cmd.Process.Pid)) }
+// writeSyscalls counts the process's write syscalls.
+func (p *proc) writeSyscalls() int64 { return writeSyscalls(strconv.Itoa(p.cmd.Process.Pid)) }
 
 // writeSyscalls reads syscw from /proc/<pid>/io (0 when unreadable).
 func writeSyscalls(pid string) int64 {

@@ -69,22 +69,22 @@ func (b *bench) rowKV(ctx context.Context, r *row) error {
 			return 1, err
 		})
 	}
-	tgGet, tnGet, err := sideBySide(ctx, o, g, gwGet, natsGet)
+	gets, err := sideBySide(ctx, o, side{srv: &g.proc, ops: gwGet}, side{srv: &g.proc, ops: natsGet})
 	if err != nil {
 		return err
 	}
-	tgPut, tnPut, err := sideBySide(ctx, o, g, gwPut, natsPut)
+	puts, err := sideBySide(ctx, o, side{srv: &g.proc, ops: gwPut}, side{srv: &g.proc, ops: natsPut})
 	if err != nil {
 		return err
 	}
+	tgGet, tnGet, tgPut, tnPut := gets[0], gets[1], puts[0], puts[1]
 	get, put := tgGet.opsPerSec()/tnGet.opsPerSec(), tgPut.opsPerSec()/tnPut.opsPerSec()
 	r.gateway = "GET " + describe(tgGet, "req/s", tgGet.opsPerSec()) + "; PUT " + describe(tgPut, "req/s", tgPut.opsPerSec())
 	r.baseline = "nats.go KeyValue Get: " + describe(tnGet, "ops/s", tnGet.opsPerSec()) + "; Put: " + describe(tnPut, "ops/s", tnPut.opsPerSec())
-	r.result = fmt.Sprintf("get **%.2f×**, put **%.2f×**", get, put)
-	r.goal = "— (informational)"
+	r.goal = "— (informational; measured, kept in the table)"
 	r.met = "—"
-	if tgGet.errs+tnGet.errs+tgPut.errs+tnPut.errs > 0 {
-		r.met = "**errors**"
+	if !r.refused(tgGet.errs, tnGet.errs, tgPut.errs, tnPut.errs) {
+		r.result = fmt.Sprintf("get **%.2f×**, put **%.2f×**", get, put)
 	}
 	logf("kv: get gateway %.0f/s nats.go %.0f/s; put gateway %.0f/s nats.go %.0f/s", tgGet.opsPerSec(), tnGet.opsPerSec(), tgPut.opsPerSec(), tnPut.opsPerSec())
 	return nil

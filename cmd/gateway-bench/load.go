@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -102,35 +103,64 @@ func closedLoop(ctx context.Context, ops []op, d time.Duration) *tally {
 	return &total
 }
 
-// sideBySide alternates the two sides, slices times each, for d per side
-// in total, after an unmeasured warm-up of each.
-func sideBySide(ctx context.Context, o *options, g *gateway, a, b []op) (ta, tb *tally, err error) {
-	closedLoop(ctx, a, o.warmup)
-	closedLoop(ctx, b, o.warmup)
-	ta, tb = &tally{}, &tally{}
-	slice := o.duration / time.Duration(o.slices)
-	for i := 0; i < o.slices; i++ {
-		if err := ctx.Err(); err != nil {
-			return nil, nil, err
+// side is one side of a throughput row: closed-loop ops run in this
+// process or, with wrk set, wrk's own loop; srv is the server process
+// whose CPU the side reports (nil: the server runs in this process).
+type side struct {
+	srv *proc
+	ops []op
+	wrk *wrkLoad
+}
+
+// run loads the side for d and returns what it counted.
+func (s side) run(ctx context.Context, d time.Duration) (*tally, error) {
+	c0 := s.srv.cpuNow()
+	var t *tally
+	if s.wrk != nil {
+		var err error
+		if t, err = s.wrk.run(ctx, d); err != nil {
+			return nil, err
 		}
-		// Alternate which side goes first, so neither always follows the other.
-		run := func(t *tally, ops []op) {
-			c0 := g.cpuNow()
-			r := closedLoop(ctx, ops, slice)
-			r.cpu = g.cpuNow().sub(c0)
-			t.add(r)
-		}
-		if i%2 == 0 {
-			run(ta, a)
-			run(tb, b)
-		} else {
-			run(tb, b)
-			run(ta, a)
+	} else {
+		t = closedLoop(ctx, s.ops, d)
+	}
+	c := s.srv.cpuNow().sub(c0)
+	c.loader = t.cpu.loader
+	t.cpu = c
+	return t, nil
+}
+
+// sideBySide runs the sides in turn, slices times each, for o.duration per
+// side in total, after an unmeasured warm-up of each; each slice starts
+// with the next side, so none always follows another.
+func sideBySide(ctx context.Context, o *options, sides ...side) ([]*tally, error) {
+	for _, s := range sides {
+		if _, err := s.run(ctx, o.warmup); err != nil {
+			return nil, err
 		}
 	}
-	slices.Sort(ta.lat)
-	slices.Sort(tb.lat)
-	return ta, tb, nil
+	ts := make([]*tally, len(sides))
+	for i := range ts {
+		ts[i] = &tally{}
+	}
+	slice := o.duration / time.Duration(o.slices)
+	for i := 0; i < o.slices; i++ {
+		for k := range sides {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			j := (i + k) % len(sides)
+			t, err := sides[j].run(ctx, slice)
+			if err != nil {
+				return nil, err
+			}
+			ts[j].add(t)
+		}
+	}
+	for _, t := range ts {
+		slices.Sort(t.lat)
+	}
+	return ts, nil
 }
 
 // httpClient is a keep-alive client of at most conns connections, never
@@ -206,29 +236,46 @@ func waitAtLeast(a *atomic.Int64, target int64, timeout time.Duration) int64 {
 	}
 }
 
-// cpuTimes is CPU time used by the gateway subprocess and by this process.
-type cpuTimes struct{ gateway, self time.Duration }
+// cpuTimes is CPU time used by a server subprocess (who: "gateway",
+// "Centrifugo"), by this process and by a load generator subprocess (wrk).
+type cpuTimes struct {
+	who                  string
+	server, self, loader time.Duration
+}
 
-func (c cpuTimes) add(o cpuTimes) cpuTimes { return cpuTimes{c.gateway + o.gateway, c.self + o.self} }
-func (c cpuTimes) sub(o cpuTimes) cpuTimes { return cpuTimes{c.gateway - o.gateway, c.self - o.self} }
+func (c cpuTimes) add(o cpuTimes) cpuTimes {
+	return cpuTimes{cmp.Or(c.who, o.who), c.server + o.server, c.self + o.self, c.loader + o.loader}
+}
+
+func (c cpuTimes) sub(o cpuTimes) cpuTimes {
+	return cpuTimes{cmp.Or(c.who, o.who), c.server - o.server, c.self - o.self, c.loader - o.loader}
+}
 
 // cores renders CPU use over elapsed as cores busy.
 func (c cpuTimes) cores(elapsed time.Duration) string {
-	return fmt.Sprintf("CPU: gateway %.2f, bench process %.2f cores", c.gateway.Seconds()/elapsed.Seconds(), c.self.Seconds()/elapsed.Seconds())
+	s := fmt.Sprintf("CPU: bench process %.2f", c.self.Seconds()/elapsed.Seconds())
+	if c.who != "" {
+		s = fmt.Sprintf("CPU: %s %.2f, bench process %.2f", c.who, c.server.Seconds()/elapsed.Seconds(), c.self.Seconds()/elapsed.Seconds())
+	}
+	if c.loader > 0 {
+		s += fmt.Sprintf(", wrk %.2f", c.loader.Seconds()/elapsed.Seconds())
+	}
+	return s + " cores"
 }
 
-// cpuNow reads the CPU time (user+system) of the gateway and of this
-// process.
-func (g *gateway) cpuNow() cpuTimes {
+// cpuNow reads the CPU time (user+system) of the server process and of
+// this process; a nil g is none (the server is in this process).
+func (p *proc) cpuNow() cpuTimes {
 	var c cpuTimes
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		c.self = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	if g == nil {
+	if p == nil {
 		return c
 	}
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(g.cmd.Process.Pid) + "/stat")
+	c.who = p.kind
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(p.cmd.Process.Pid) + "/stat")
 	if err != nil {
 		return c
 	}
@@ -243,7 +290,7 @@ func (g *gateway) cpuNow() cpuTimes {
 	}
 	ut, _ := strconv.ParseInt(f[11], 10, 64)
 	st, _ := strconv.ParseInt(f[12], 10, 64)
-	c.gateway = time.Duration(ut+st) * time.Second / clockTicks
+	c.server = time.Duration(ut+st) * time.Second / clockTicks
 	return c
 }
 

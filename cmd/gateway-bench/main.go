@@ -2,17 +2,25 @@
 // by side in the same run, on loopback, and prints one markdown table.
 //
 // It builds ./cmd/gateway, runs it as a subprocess (one fresh gateway per
-// row, with an embedded nats-server), and compares:
+// row, with an embedded nats-server) and, for the rows that compare with
+// it, Centrifugo v6 (installed with go install when missing), and compares:
 //
-//  1. confirmed HTTP publish req/s ÷ a plain net/http handler answering 204;
+//  1. confirmed HTTP publish req/s ÷ Centrifugo's /api/publish ÷ a plain
+//     net/http handler answering 204 (wrk as the load generator when
+//     installed);
 //  2. NDJSON batch publish messages/s ÷ nats.go publish + Flush in batches;
-//  3. WebSocket fan-out messages/s ÷ nats-server's own WebSocket listener;
-//  4. publish→subscriber latency (HTTP in, WebSocket out) − direct NATS;
+//  3. WebSocket fan-out messages/s ÷ Centrifugo ÷ nats-server's own
+//     WebSocket listener;
+//  4. publish→subscriber latency (HTTP in, WebSocket out) ÷ Centrifugo's,
+//     − direct NATS;
 //  5. RSS per idle authenticated WebSocket session;
 //  6. stored publish (/v1/js/publish) req/s ÷ nats.go's jetstream Publish;
 //  7. key-value GET and PUT req/s ÷ nats.go KeyValue Get and Put;
 //  8. JetStream fan-out replay: WebSocket sessions each reading the same
-//     stored messages from seq 1, messages/s ÷ nats.go ordered consumers.
+//     stored messages from seq 1, messages/s ÷ nats.go ordered consumers;
+//  9. RSS per idle subscribed session, one token for all ÷ Centrifugo's;
+//  10. RSS per idle subscribed session, a token each ÷ Centrifugo's (a JWT
+//     per user).
 //
 // The machine is noisy, so every ratio's two sides are measured in
 // alternating slices of the same run. See BENCHMARKS.md.
@@ -57,10 +65,13 @@ type options struct {
 	rows         map[string]bool
 	gatewayBin   string
 	ref          string
+	centrifugo   string // binary; "" : found or installed
+	gatewayFlags []string
+	loadGen      string // auto, wrk, go
 	verbose      bool
 }
 
-var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "kv", "jsreplay"}
+var allRows = []string{"publish", "batch", "fanout", "latency", "rss", "jspublish", "kv", "jsreplay", "rsssub", "rssuser"}
 
 func parseOptions(args []string) (*options, error) {
 	o := &options{}
@@ -86,6 +97,9 @@ func parseOptions(args []string) (*options, error) {
 	rows := fs.String("rows", "all", "rows to run, comma-separated: "+strings.Join(allRows, ","))
 	quick := fs.Bool("quick", false, "short run (about a minute): -duration 2s -slices 2 -warmup 300ms -samples 500 -settle 2s -fanout-msgs 300 -replay-msgs 1000 -replay-rounds 1; explicit flags win")
 	fs.StringVar(&o.gatewayBin, "gateway", "", "use this gateway binary instead of building ./cmd/gateway")
+	fs.StringVar(&o.centrifugo, "centrifugo", "", "Centrifugo binary (default: centrifugo in PATH or go env GOBIN/GOPATH bin, else go install "+centrifugoModule+")")
+	fs.StringVar(&o.loadGen, "loadgen", "auto", "HTTP load generator of the publish row: wrk, go (closed loop in this process), or auto (wrk when in PATH)")
+	gwFlags := fs.String("gateway-flags", "", `extra flags for every gateway, space-separated (e.g. "--debug-listen 127.0.0.1:6060" to profile a row)`)
 	fs.StringVar(&o.ref, "ref", "", "build the gateway from this git revision (exported with git archive) instead of the working tree")
 	fs.BoolVar(&o.verbose, "v", false, "copy the gateway's log to stderr")
 	fs.Usage = func() {
@@ -107,6 +121,7 @@ func parseOptions(args []string) (*options, error) {
 			}
 		}
 	}
+	o.gatewayFlags = strings.Fields(*gwFlags)
 	o.rows = map[string]bool{}
 	for _, r := range strings.Split(*rows, ",") {
 		r = strings.TrimSpace(strings.ToLower(r))
@@ -128,6 +143,8 @@ func parseOptions(args []string) (*options, error) {
 		}
 	}
 	switch {
+	case o.loadGen != "auto" && o.loadGen != "wrk" && o.loadGen != "go":
+		return nil, fmt.Errorf("-loadgen: want auto, wrk or go, not %q", o.loadGen)
 	case o.duration <= 0 || o.slices <= 0:
 		return nil, fmt.Errorf("-duration and -slices must be positive")
 	case o.conns <= 0 || o.batch <= 0 || o.batchClients <= 0 || o.subs <= 0 || o.fanoutMsgs <= 0 || o.samples <= 0 || o.sessions <= 0 || o.dialConc <= 0 ||
@@ -158,15 +175,29 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	nofile := raiseNoFile()
 	logf("open files limit %d", nofile)
 
-	b := &bench{o: o, bin: o.gatewayBin, source: "the binary " + o.gatewayBin}
+	tmp, err := os.MkdirTemp("", "gateway-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	b := &bench{o: o, bin: o.gatewayBin, source: "the binary " + o.gatewayBin, tmp: tmp}
 	if b.bin == "" {
-		tmp, err := os.MkdirTemp("", "gateway-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(tmp)
 		if b.bin, b.source, err = buildGateway(ctx, tmp, o.ref); err != nil {
 			return err
+		}
+	}
+	if o.loadGen != "go" {
+		b.wrkBin, err = exec.LookPath("wrk")
+		if err != nil && o.loadGen == "wrk" {
+			return fmt.Errorf("-loadgen wrk: %w", err)
+		}
+	}
+	if o.rows["publish"] || o.rows["fanout"] || o.rows["latency"] || o.rows["rsssub"] || o.rows["rssuser"] {
+		if b.centrifugoBin, b.centrifugoVersion, err = findCentrifugo(ctx, o.centrifugo); err != nil {
+			b.centrifugoErr = err.Error()
+			logf("no Centrifugo: %v", err)
+		} else {
+			logf("Centrifugo %s: %s", b.centrifugoBin, b.centrifugoVersion)
 		}
 	}
 	var rows []row
@@ -189,7 +220,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		rows = append(rows, r)
 	}
 	printReport(stdout, b, rows, nofile, time.Since(start))
-	b.reportGatewayLogs()
+	b.reportLogs()
 	return nil
 }
 

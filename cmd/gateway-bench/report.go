@@ -37,6 +37,10 @@ func printReport(w io.Writer, b *bench, rows []row, nofile uint64, took time.Dur
 	fmt.Fprintf(w, "\nMachine: %s  \n", machine(nofile))
 	fmt.Fprintf(w, "Date: %s  \n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(w, "Gateway: %s  \n", b.source)
+	if b.centrifugoBin != "" {
+		fmt.Fprintf(w, "Centrifugo: %s (%s), memory engine, JSON protocol over WebSocket  \n", b.centrifugoVersion, b.centrifugoBin)
+	}
+	fmt.Fprintf(w, "HTTP load generator (row 1): %s  \n", b.loadGen())
 	fmt.Fprintf(w, "Command: `%s`  \n", strings.TrimSpace("go run ./cmd/gateway-bench "+strings.Join(os.Args[1:], " ")))
 	fmt.Fprintf(w, "Run took %s; throughput rows: %s per side in %d alternating slices after %s warm-up; all on loopback, gateway as a subprocess.\n\n",
 		took.Round(time.Second), o.duration, o.slices, o.warmup)

@@ -30,11 +30,16 @@ var wsHTTP = &http.Client{Transport: &http.Transport{
 // upgrade) and reads its connected frame. Nothing reads it afterwards
 // unless the caller starts a reader.
 func dialSession(ctx context.Context, g *gateway) (*websocket.Conn, error) {
+	return dialSessionAs(ctx, g.addr, g.token)
+}
+
+// dialSessionAs is dialSession with another token.
+func dialSessionAs(ctx context.Context, addr, token string) (*websocket.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	c, resp, err := websocket.Dial(ctx, "ws://"+g.addr+"/v1/ws", &websocket.DialOptions{
+	c, resp, err := websocket.Dial(ctx, "ws://"+addr+"/v1/ws", &websocket.DialOptions{
 		HTTPClient:      wsHTTP,
-		HTTPHeader:      http.Header{"Authorization": {"Bearer " + g.token}},
+		HTTPHeader:      http.Header{"Authorization": {"Bearer " + token}},
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
@@ -177,11 +182,11 @@ func baselineServer(token string) (*server.Server, string, error) {
 // fanSide is one side of the fan-out row.
 type fanSide struct {
 	name      string
-	pub       *nats.Conn
-	delivered atomic.Int64 // msg deliveries counted by the subscribers
-	other     atomic.Int64 // other frames (slow-consumer notices …)
+	publish   func(n int, data []byte) error // a burst of n messages, flushed
+	delivered atomic.Int64                   // msg deliveries counted by the subscribers
+	other     atomic.Int64                   // other frames (slow-consumer notices …)
 
-	g       *gateway // for CPU accounting
+	srv     *proc // for CPU accounting (nil: this process)
 	cpu     cpuTimes
 	writes  func() int64 // write syscalls of the process serving the subscribers
 	syscw   int64        // those during measured bursts
@@ -196,20 +201,15 @@ type fanSide struct {
 func (f *fanSide) round(n, subs int, data []byte, measure bool) error {
 	start := f.delivered.Load()
 	target := start + int64(n)*int64(subs)
-	c0, w0 := f.g.cpuNow(), f.writes()
+	c0, w0 := f.srv.cpuNow(), f.writes()
 	t0 := time.Now()
-	for i := 0; i < n; i++ {
-		if err := f.pub.Publish("bench.fanout", data); err != nil {
-			return err
-		}
-	}
-	if err := f.pub.Flush(); err != nil {
+	if err := f.publish(n, data); err != nil {
 		return err
 	}
 	got := waitAtLeast(&f.delivered, target, 30*time.Second)
 	d := time.Since(t0)
 	if measure {
-		f.cpu = f.cpu.add(f.g.cpuNow().sub(c0))
+		f.cpu = f.cpu.add(f.srv.cpuNow().sub(c0))
 		f.syscw += f.writes() - w0
 		f.rounds++
 		f.total += d
@@ -234,7 +234,28 @@ func (f *fanSide) String() string {
 	if n := f.other.Load(); n > 0 {
 		s += fmt.Sprintf(", **%d non-msg frames**", n)
 	}
-	return s + "; " + f.cpu.cores(f.total)
+	s += "; " + f.cpu.cores(f.total)
+	if f.srv != nil {
+		s += fmt.Sprintf("; %s: %.2f µs CPU per delivered message", f.srv.kind, f.cpuPerMsg())
+	}
+	return s
+}
+
+// cpuPerMsg is the serving process's CPU per delivered message, in µs.
+func (f *fanSide) cpuPerMsg() float64 {
+	return float64(f.cpu.server.Microseconds()) / float64(max(f.counted, 1))
+}
+
+// natsBurst publishes n messages on nc and flushes.
+func natsBurst(nc *nats.Conn) func(int, []byte) error {
+	return func(n int, data []byte) error {
+		for range n {
+			if err := nc.Publish("bench.fanout", data); err != nil {
+				return err
+			}
+		}
+		return nc.Flush()
+	}
 }
 
 // rowFanout: deliveries/s to subscribed gateway sessions ÷ the same number
@@ -252,8 +273,15 @@ func (b *bench) rowFanout(ctx context.Context, r *row) error {
 	}
 	defer bs.Shutdown()
 
-	gw := &fanSide{name: "gateway", g: g, writes: g.writeSyscalls}
-	base := &fanSide{name: "nats-server websocket", g: g, writes: func() int64 { return writeSyscalls("self") }}
+	cf, err := b.startCentrifugo(ctx, b.tmp, "fanout")
+	if err != nil {
+		return err
+	}
+	defer cf.stop()
+
+	gw := &fanSide{name: "gateway", srv: &g.proc, writes: g.writeSyscalls}
+	base := &fanSide{name: "nats-server websocket", writes: func() int64 { return writeSyscalls("self") }}
+	cfs := &fanSide{name: "Centrifugo", srv: &cf.proc, writes: cf.writeSyscalls}
 
 	t := time.Now()
 	conns := make([]*websocket.Conn, o.subs)
@@ -306,58 +334,100 @@ func (b *bench) rowFanout(ctx context.Context, r *row) error {
 	}
 	logf("fanout: %d nats.go clients on %s subscribed in %s", o.subs, wsURL, time.Since(t).Round(time.Millisecond))
 
-	if gw.pub, err = nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-fanout-pub")); err != nil {
+	t = time.Now()
+	cfConns := make([]*cfClient, o.subs)
+	defer func() {
+		for _, c := range cfConns {
+			if c != nil {
+				c.c.CloseNow()
+			}
+		}
+	}()
+	jwt := cf.jwt("bench")
+	err = parallel(ctx, o.subs, o.dialConc, func(ctx context.Context, i int) error {
+		c, err := dialCentrifugo(ctx, cf.addr, jwt, centrifugoChannel, &cfs.delivered, &cfs.other, nil)
+		cfConns[i] = c
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("centrifugo clients: %w", err)
+	}
+	logf("fanout: %d Centrifugo clients subscribed in %s", o.subs, time.Since(t).Round(time.Millisecond))
+
+	gwPub, err := nats.Connect(g.natsURL, nats.Token(g.token), nats.Name("bench-fanout-pub"))
+	if err != nil {
 		return err
 	}
-	defer gw.pub.Close()
-	if base.pub, err = nats.Connect(bs.ClientURL(), nats.Token(g.token), nats.Name("bench-fanout-pub")); err != nil {
+	defer gwPub.Close()
+	basePub, err := nats.Connect(bs.ClientURL(), nats.Token(g.token), nats.Name("bench-fanout-pub"))
+	if err != nil {
 		return err
 	}
-	defer base.pub.Close()
+	defer basePub.Close()
+	gw.publish, base.publish = natsBurst(gwPub), natsBurst(basePub)
+	cfPub := httpClient(1)
+	cfs.publish = func(n int, data []byte) error {
+		_, err := cf.apiOp(cfPub, "batch", centrifugoBatch(n, data), n)(ctx)
+		return err
+	}
 
 	data := payload(o.fanoutBytes)
 	// Warm-up burst each, unmeasured.
-	for _, s := range []*fanSide{gw, base} {
+	for _, s := range []*fanSide{gw, cfs, base} {
 		if err := s.round(o.fanoutMsgs, o.subs, data, false); err != nil {
 			return fmt.Errorf("warm-up: %w", err)
 		}
 	}
+	sides := []*fanSide{gw, cfs, base}
 	var errs []error
-	gwOK, baseOK := true, true
-	for i := 0; (gwOK && gw.total < o.duration) || (baseOK && base.total < o.duration); i++ {
+	failed := map[*fanSide]bool{}
+	more := func(s *fanSide) bool { return !failed[s] && s.total < o.duration }
+	for i := 0; more(gw) || more(cfs) || more(base); i++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		order := []*fanSide{gw, base}
-		if i%2 == 1 {
-			order = []*fanSide{base, gw}
-		}
-		for _, s := range order {
-			ok := &gwOK
-			if s == base {
-				ok = &baseOK
-			}
-			if !*ok || s.total >= o.duration {
+		for k := range sides {
+			s := sides[(i+k)%len(sides)] // each round starts with the next side
+			if !more(s) {
 				continue
 			}
 			if err := s.round(o.fanoutMsgs, o.subs, data, true); err != nil {
 				errs = append(errs, err)
-				*ok = false // later bursts would count this one's stragglers
+				failed[s] = true // later bursts would count this one's stragglers
 			}
 		}
 	}
 	for _, err := range errs {
 		logf("fanout: %v", err)
 	}
-	ratio := gw.rate() / base.rate()
 	r.gateway = gw.String()
-	r.baseline = "nats-server's WebSocket listener, nats.go clients: " + base.String()
-	r.result = fmt.Sprintf("**%.2f×**", ratio)
-	r.goal = "≥ 1.0×"
-	r.met = verdict(ratio >= 1.0 && gw.lost == 0)
-	logf("fanout: gateway %.0f msg/s, nats-server ws %.0f msg/s; write syscalls per delivered message: gateway %.3f, bench process with nats-server %.3f",
-		gw.rate(), base.rate(), float64(gw.syscw)/float64(max(gw.counted, 1)), float64(base.syscw)/float64(max(base.counted, 1)))
+	r.baseline = "Centrifugo, one channel, JSON protocol: " + cfs.String() + "; nats-server's WebSocket listener, nats.go clients: " + base.String()
+	r.goal = "≥ 2.5× Centrifugo and ≥ 1.5× nats-server"
+	logf("fanout: gateway %.0f msg/s, Centrifugo %.0f msg/s, nats-server ws %.0f msg/s; write syscalls per delivered message: gateway %.3f, Centrifugo %.3f, bench process with nats-server %.3f",
+		gw.rate(), cfs.rate(), base.rate(), float64(gw.syscw)/float64(max(gw.counted, 1)), float64(cfs.syscw)/float64(max(cfs.counted, 1)), float64(base.syscw)/float64(max(base.counted, 1)))
+	if r.refused(gw.lost, cfs.lost, base.lost, int64(len(errs))) {
+		return nil
+	}
+	vsC, vsN := gw.rate()/cfs.rate(), gw.rate()/base.rate()
+	r.result = fmt.Sprintf("**%.2f×** Centrifugo (%.2f× its CPU per message), **%.2f×** nats-server", vsC, gw.cpuPerMsg()/cfs.cpuPerMsg(), vsN)
+	r.met = verdict(vsC >= 2.5 && vsN >= 1.5)
 	return nil
+}
+
+// centrifugoBatch is an /api/batch body publishing n copies of data (as a
+// JSON string) to the bench channel, in order.
+func centrifugoBatch(n int, data []byte) []byte {
+	cmd := fmt.Appendf(nil, `{"publish":{"channel":%q,"data":%q}}`, centrifugoChannel, data)
+	var b bytes.Buffer
+	b.WriteString(`{"commands":[`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(cmd)
+	}
+	b.WriteString(`]}`)
+	return b.Bytes()
 }
 
 // latencySample is a message's arrival: when, and the payload.
@@ -484,117 +554,66 @@ func (b *bench) rowLatency(ctx context.Context, r *row) error {
 		return await(natsIn, seq)
 	}
 
-	warm := min(200, o.samples)
-	var gl, nl []time.Duration
-	for i := 0; i < warm+o.samples; i++ {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		first, second := viaGateway, direct
-		if i%2 == 1 {
-			first, second = direct, viaGateway
-		}
-		d1, err := first(i)
-		if err != nil {
-			return err
-		}
-		d2, err := second(i)
-		if err != nil {
-			return err
-		}
-		if i%2 == 1 {
-			d1, d2 = d2, d1
-		}
-		if i >= warm {
-			gl, nl = append(gl, d1), append(nl, d2)
-		}
-	}
-	slices.Sort(gl)
-	slices.Sort(nl)
-	g50, g99 := percentile(gl, 0.5), percentile(gl, 0.99)
-	n50, n99 := percentile(nl, 0.5), percentile(nl, 0.99)
-	r.gateway = fmt.Sprintf("HTTP POST → WebSocket: p50 %s, p99 %s", fmtDur(g50), fmtDur(g99))
-	r.baseline = fmt.Sprintf("nats.go publish+Flush → nats.go subscriber: p50 %s, p99 %s", fmtDur(n50), fmtDur(n99))
-	r.result = fmt.Sprintf("**+%s p99** (+%s p50)", fmtDur(g99-n99), fmtDur(g50-n50))
-	r.goal = "≤ 1 ms added p99"
-	r.met = verdict(g99-n99 <= time.Millisecond)
-	logf("latency: gateway p50 %s p99 %s; direct p50 %s p99 %s", g50, g99, n50, n99)
-	return nil
-}
-
-// rowRSS: gateway RSS growth per idle authenticated session.
-func (b *bench) rowRSS(ctx context.Context, r *row) error {
-	o := b.o
-	// Pings every 15 s by default would need a reader on each client;
-	// with 10 m none is sent during the row.
-	g, err := b.startGateway(ctx, "rss", "--keepalive", "10m")
+	// Centrifugo: HTTP API publish in, a subscribed client out.
+	cf, err := b.startCentrifugo(ctx, b.tmp, "latency")
 	if err != nil {
 		return err
 	}
-	defer g.stop()
-
-	// Warm up: the token's NATS connection and the session code paths.
-	warm := make([]*websocket.Conn, 0, 64)
-	for i := 0; i < min(64, o.sessions); i++ {
-		c, err := dialSession(ctx, g)
-		if err != nil {
-			return fmt.Errorf("warm-up session: %w", err)
-		}
-		warm = append(warm, c)
-	}
-	for _, c := range warm[1:] {
-		c.Close(websocket.StatusNormalClosure, "")
-	}
-	defer warm[0].CloseNow()
-	time.Sleep(time.Second)
-
-	gauges := []string{"go_goroutines", "go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes"}
-	before, err := g.rssKiB()
-	if err != nil {
-		return err
-	}
-	mb := g.metrics(gauges...)
-
-	conns := make([]*websocket.Conn, o.sessions)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.CloseNow()
+	defer cf.stop()
+	cfIn := make(chan latencySample, 16)
+	var cfPubs, cfOther atomic.Int64
+	cfc, err := dialCentrifugo(ctx, cf.addr, cf.jwt("bench"), centrifugoChannel, &cfPubs, &cfOther, func(data json.RawMessage) {
+		var s string
+		if json.Unmarshal(data, &s) == nil {
+			select {
+			case cfIn <- latencySample{at: time.Now(), data: []byte(s)}:
+			default: // nobody waiting any more
 			}
 		}
-	}()
-	t := time.Now()
-	err = parallel(ctx, o.sessions, o.dialConc, func(ctx context.Context, i int) error {
-		c, err := dialSession(ctx, g)
-		conns[i] = c
-		return err
 	})
 	if err != nil {
-		return fmt.Errorf("opening %d sessions: %w", o.sessions, err)
-	}
-	opened := time.Since(t)
-	logf("rss: %d sessions open in %s (%.0f/s); settling %s", o.sessions, opened.Round(time.Millisecond), float64(o.sessions)/opened.Seconds(), o.settle)
-	time.Sleep(o.settle)
-	after, err := g.rssKiB()
-	if err != nil {
 		return err
 	}
-	ma := g.metrics(gauges...)
-	per := float64(after-before) / float64(o.sessions)
-	r.gateway = fmt.Sprintf("**%.2f KiB**/session: RSS %s → %s KiB", per, fmtInt(float64(before)), fmtInt(float64(after)))
-	if len(ma) == len(gauges) && len(mb) == len(gauges) {
-		kib := func(name string) float64 { return (ma[name] - mb[name]) / 1024 / float64(o.sessions) }
-		retained := func(m map[string]float64) float64 {
-			return m["go_memstats_heap_idle_bytes"] - m["go_memstats_heap_released_bytes"]
+	defer cfc.c.CloseNow()
+	cc := httpClient(1)
+	viaCentrifugo := func(seq int) (time.Duration, error) {
+		body := fmt.Appendf(nil, `{"channel":%q,"data":%q}`, centrifugoChannel, stamp(seq))
+		if _, err := cf.apiOp(cc, "publish", body, 1)(ctx); err != nil {
+			return 0, err
 		}
-		r.gateway += fmt.Sprintf(" (Go heap in use %+.1f KiB, free heap not yet returned to the OS %+.1f KiB, stacks %+.1f KiB, goroutines %+.2f per session)",
-			kib("go_memstats_heap_inuse_bytes"), (retained(ma)-retained(mb))/1024/float64(o.sessions),
-			kib("go_memstats_stack_inuse_bytes"), (ma["go_goroutines"]-mb["go_goroutines"])/float64(o.sessions))
+		return await(cfIn, seq)
 	}
-	r.baseline = fmt.Sprintf("— (opened in %s, %.0f sessions/s, %d at a time)", opened.Round(time.Millisecond), float64(o.sessions)/opened.Seconds(), o.dialConc)
-	r.result = fmt.Sprintf("**%.2f KiB**", per)
-	r.goal = "≤ 12 KiB"
-	r.met = verdict(per <= 12)
-	logf("rss: before %d KiB, after %d KiB, %.2f KiB/session; gauges before %v after %v", before, after, per, mb, ma)
+
+	warm := min(200, o.samples)
+	paths := []func(int) (time.Duration, error){viaGateway, viaCentrifugo, direct}
+	lat := make([][]time.Duration, len(paths))
+	for i := 0; i < warm+o.samples; i++ {
+		for k := range paths {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			j := (i + k) % len(paths) // each sample starts with the next path
+			d, err := paths[j](i)
+			if err != nil {
+				return err
+			}
+			if i >= warm {
+				lat[j] = append(lat[j], d)
+			}
+		}
+	}
+	for _, l := range lat {
+		slices.Sort(l)
+	}
+	g50, g99 := percentile(lat[0], 0.5), percentile(lat[0], 0.99)
+	c50, c99 := percentile(lat[1], 0.5), percentile(lat[1], 0.99)
+	n50, n99 := percentile(lat[2], 0.5), percentile(lat[2], 0.99)
+	r.gateway = fmt.Sprintf("HTTP POST → WebSocket: p50 %s, p99 %s", fmtDur(g50), fmtDur(g99))
+	r.baseline = fmt.Sprintf("Centrifugo /api/publish → WebSocket client: p50 %s, p99 %s; nats.go publish+Flush → nats.go subscriber: p50 %s, p99 %s",
+		fmtDur(c50), fmtDur(c99), fmtDur(n50), fmtDur(n99))
+	r.result = fmt.Sprintf("p99 **%.2f×** Centrifugo's; **+%s p99** over direct NATS (+%s p50)", float64(g99)/float64(c99), fmtDur(g99-n99), fmtDur(g50-n50))
+	r.goal = "p99 ≤ Centrifugo's, ≤ +150 µs over direct NATS"
+	r.met = verdict(g99 <= c99 && g99-n99 <= 150*time.Microsecond)
+	logf("latency: gateway p50 %s p99 %s; Centrifugo p50 %s p99 %s; direct p50 %s p99 %s", g50, g99, c50, c99, n50, n99)
 	return nil
 }
