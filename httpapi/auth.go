@@ -106,7 +106,7 @@ func checkToken(tok string) (string, error) {
 func (s *Server) connect(ctx context.Context, remote, token string) (*bridge.Conn, error) {
 	c := s.broker.AcquireHeld(token)
 	if c == nil {
-		done, err := s.failures.begin(remote, bridge.KeyOf(token))
+		done, err := s.failures.begin(ctx, remote, bridge.KeyOf(token))
 		if err != nil {
 			s.metrics.authFailures.WithLabelValues("rate_limited").Inc()
 			return nil, err

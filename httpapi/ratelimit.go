@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"container/list"
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
@@ -17,15 +18,22 @@ import (
 // of the clients already limited.
 const maxTrackedClients = 1 << 16
 
+// maxAuthWait bounds how long an authentication attempt waits for a place
+// under its client's limit while attempts in flight hold every place.
+const maxAuthWait = 5 * time.Second
+
 // failureLimiter refuses a client once its failed authentications within
-// window, plus its authentication attempts still in flight, reach limit,
-// until the window ends. A client is an IPv4 address or an IPv6 /64 (one
-// subscriber's usual allocation, which holds 2^64 addresses); the port is
-// ignored. Counting attempts in flight is what keeps a burst of
-// simultaneous bad tokens from all reaching NATS before the first failure
-// is counted. Attempts with the same token share one place, since the
-// pool makes them one connection attempt; a success frees its place and
-// leaves no count.
+// window reach limit, until the window ends. A client is an IPv4 address
+// or an IPv6 /64 (one subscriber's usual allocation, which holds 2^64
+// addresses); the port is ignored. Attempts still in flight hold places
+// under the limit too, which is what keeps a burst of simultaneous bad
+// tokens from all reaching NATS before the first failure is counted; an
+// attempt that finds every remaining place held waits for one to be given
+// back (at most maxAuthWait) rather than being refused, so many users
+// behind one address (a NAT, a proxy) whose tokens are good are only
+// spread out, never refused. Attempts with the same token share one
+// place, since the pool makes them one connection attempt; a success
+// frees its place and leaves no count.
 type failureLimiter struct {
 	limit   int
 	window  time.Duration
@@ -42,6 +50,7 @@ type failWindow struct {
 	start   time.Time
 	n       int                     // failures counted in this window
 	pending map[bridge.TokenKey]int // attempts in flight, by token
+	freed   chan struct{}           // closed when an attempt ends; made by a waiter
 	elem    *list.Element           // in order; nil once forgotten
 }
 
@@ -73,33 +82,57 @@ func clientOf(remote string) netip.Prefix {
 
 // begin admits an authentication attempt with the token whose key is key,
 // or refuses it with a *limitedError (errTooManyFailed) while the client
-// is at its limit. An admitted attempt holds its place until done is
-// called: done(true) counts a failure, done(false) just frees the place.
-func (l *failureLimiter) begin(remote string, key bridge.TokenKey) (done func(failed bool), err error) {
+// is at its limit. While attempts in flight hold the client's remaining
+// places it waits for one, until ctx ends or maxAuthWait has passed. An
+// admitted attempt holds its place until done is called: done(true)
+// counts a failure, done(false) just frees the place.
+func (l *failureLimiter) begin(ctx context.Context, remote string, key bridge.TokenKey) (done func(failed bool), err error) {
 	if l.limit <= 0 {
 		return func(bool) {}, nil
 	}
-	client, now := clientOf(remote), time.Now()
+	client := clientOf(remote)
+	var deadline <-chan time.Time
 	l.mu.Lock()
-	defer l.mu.Unlock()
-	w := l.byKey[client]
-	if w != nil {
-		l.renewLocked(w, now)
-		if w.pending[key] == 0 && w.n+len(w.pending) >= l.limit {
-			left := time.Second // only attempts in flight: they end soon
-			if w.n >= l.limit {
-				left = max(l.window-now.Sub(w.start), time.Second)
+	for {
+		now := time.Now()
+		w := l.byKey[client]
+		if w == nil {
+			w = l.addLocked(client, now)
+		} else {
+			l.renewLocked(w, now)
+		}
+		if w.pending[key] > 0 || w.n+len(w.pending) < l.limit {
+			if w.pending == nil {
+				w.pending = make(map[bridge.TokenKey]int)
 			}
+			w.pending[key]++
+			l.mu.Unlock()
+			return func(failed bool) { l.end(w, key, failed) }, nil
+		}
+		if w.n >= l.limit {
+			left := max(l.window-now.Sub(w.start), time.Second)
+			l.mu.Unlock()
 			return nil, &limitedError{left: left}
 		}
-	} else {
-		w = l.addLocked(client, now)
+		if w.freed == nil {
+			w.freed = make(chan struct{})
+		}
+		freed := w.freed
+		l.mu.Unlock()
+		if deadline == nil {
+			t := time.NewTimer(maxAuthWait)
+			defer t.Stop()
+			deadline = t.C
+		}
+		select {
+		case <-freed:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-deadline:
+			return nil, &limitedError{left: time.Second}
+		}
+		l.mu.Lock()
 	}
-	if w.pending == nil {
-		w.pending = make(map[bridge.TokenKey]int)
-	}
-	w.pending[key]++
-	return func(failed bool) { l.end(w, key, failed) }, nil
 }
 
 func (l *failureLimiter) end(w *failWindow, key bridge.TokenKey, failed bool) {
@@ -108,6 +141,10 @@ func (l *failureLimiter) end(w *failWindow, key bridge.TokenKey, failed bool) {
 	defer l.mu.Unlock()
 	if w.pending[key]--; w.pending[key] <= 0 {
 		delete(w.pending, key)
+	}
+	if w.freed != nil {
+		close(w.freed)
+		w.freed = nil
 	}
 	if failed {
 		counted := w

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"context"
 	"fmt"
 	"net/http/httptest"
 	"strings"
@@ -60,6 +61,49 @@ func TestSimultaneousFirstRequestsOfAGoodTokenAreNotLimited(t *testing.T) {
 	}
 	close(start)
 	wg.Wait()
+}
+
+// TestManyUsersBehindOneAddressAreSpreadOutNotRefused: behind a NAT or a
+// proxy, many users whose tokens are good connect at once from one
+// address. The places their attempts hold under the failure limit are
+// given back as each succeeds, and an attempt that finds none free waits
+// for one: every user gets in. Bad tokens in the same burst are still
+// counted, and still bounded by the limit.
+func TestManyUsersBehindOneAddressAreSpreadOutNotRefused(t *testing.T) {
+	t.Parallel()
+	const limit, users, bad = 3, 60, 2
+	toks := testTokens()
+	for i := range users {
+		toks = append(toks, bridge.Token{Name: fmt.Sprint("user", i), Token: fmt.Sprintf("user-%d-Tok3n-SECRET", i)})
+	}
+	g := startGateway(t, func(o *gatewayOptions) { o.cfg.AuthFailureLimit, o.tokens = limit, toks })
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[string]map[int]int{"good": {}, "bad": {}}
+	for i := range users + bad {
+		wg.Go(func() {
+			kind, tok := "good", fmt.Sprintf("user-%d-Tok3n-SECRET", i)
+			if i >= users {
+				kind, tok = "bad", fmt.Sprint("bad-token-", i)
+			}
+			<-start
+			resp, _ := g.do("POST", "/v1/publish/x", tok, nil)
+			mu.Lock()
+			statuses[kind][resp.StatusCode]++
+			mu.Unlock()
+		})
+	}
+	close(start)
+	wg.Wait()
+	if statuses["good"][204] != users || statuses["bad"][401] != bad {
+		t.Fatalf("%d good and %d bad tokens at once from one address, limit %d: answers %v", users, bad, limit, statuses)
+	}
+	// The failures were counted: one more brings the address to its limit.
+	resp, body := g.do("POST", "/v1/publish/x", "bad-one-more", nil)
+	wantProblem(t, resp, body, 401, "rejected")
+	resp, body = g.do("POST", "/v1/publish/x", "bad-past-the-limit", nil)
+	wantProblem(t, resp, body, 429, "failed authentications")
 }
 
 // serveFrom runs one request through the gateway's handler as if it came
@@ -141,7 +185,7 @@ func TestHeldTokenPassesWhileItsAddressIsLimited(t *testing.T) {
 func fail(t *testing.T, l *failureLimiter, remote string, n int) {
 	t.Helper()
 	for i := range n {
-		done, err := l.begin(remote, bridge.KeyOf(fmt.Sprint("bad", i)))
+		done, err := l.begin(context.Background(), remote, bridge.KeyOf(fmt.Sprint("bad", i)))
 		if err != nil {
 			t.Fatalf("failure %d from %s refused: %v", i, remote, err)
 		}
@@ -165,7 +209,7 @@ func TestFullFailureTableForgetsTheOldestNotEveryone(t *testing.T) {
 		t.Fatalf("%d clients tracked, bound %d", n, maxTrackedClients)
 	}
 	for _, i := range []int{1, maxTrackedClients / 2, maxTrackedClients - 1} {
-		if _, err := l.begin(addr(i), bridge.KeyOf("another")); err == nil {
+		if _, err := l.begin(context.Background(), addr(i), bridge.KeyOf("another")); err == nil {
 			t.Fatalf("client %d of %d was forgotten when one more came: its failures no longer count", i, maxTrackedClients)
 		}
 	}

@@ -75,7 +75,6 @@ func (b *bench) startGatewayOnce(ctx context.Context, name string, extra ...stri
 		"--nats-listen", "127.0.0.1:" + strconv.Itoa(natsPort),
 		"--log-level", "warn",
 		"--ws-max-sessions-per-token", strconv.Itoa(max(20000, 2*b.o.sessions)),
-		"--max-tokens", "1024",
 	}
 	if !slices.Contains(extra, "--tokens-file") {
 		args = append(args, "--token", g.token)

@@ -98,7 +98,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.DurationVar(&c.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time allowed to send request headers")
 	fs.DurationVar(&c.bodyTimeout, "body-timeout", 30*time.Second, "time allowed to send a request body")
 	fs.Int64Var(&c.maxBatchBytes, "max-batch-bytes", 16<<20, "largest batch publish body, in bytes")
-	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per minute from one IPv4 address or IPv6 /64 (attempts in flight included) before 429; tokens already connected still pass (negative: no limit)")
+	fs.IntVar(&c.authFailureLimit, "auth-failure-limit", 20, "failed authentications per minute from one IPv4 address or IPv6 /64 before 429 (attempts in flight hold places; one that finds none free waits for one); tokens already connected still pass (negative: no limit)")
 	fs.StringVar(&c.allowedOrigins, "allowed-origins", "", "browser origins allowed besides the gateway's own, comma-separated host patterns (CORS and WebSocket)")
 	fs.DurationVar(&c.connectFrameTimeout, "ws-connect-timeout", 5*time.Second, "time a WebSocket client without an Authorization header has to send its connect frame")
 	fs.Int64Var(&c.maxFrameBytes, "ws-max-frame-bytes", 0, "largest WebSocket frame from a client (0: room for a max_payload message in base64)")
