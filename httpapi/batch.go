@@ -21,6 +21,9 @@ type wireMsg struct {
 	Headers    json.RawMessage `json:"headers,omitempty"`
 	Data       *string         `json:"data,omitempty"`
 	DataBase64 *string         `json:"data_base64,omitempty"`
+	// plainData, set by entryScanner in place of Data, is data as it
+	// stands in the request body (a string without escapes), uncopied.
+	plainData []byte
 }
 
 // toMsg converts and checks a client's message: headers as
@@ -28,8 +31,10 @@ type wireMsg struct {
 func (wm *wireMsg) toMsg() (*bridge.Msg, error) {
 	m := &bridge.Msg{Subject: wm.Subject, Reply: wm.Reply}
 	switch {
-	case wm.Data != nil && wm.DataBase64 != nil:
+	case (wm.Data != nil || wm.plainData != nil) && wm.DataBase64 != nil:
 		return nil, badRequest("give data or data_base64, not both")
+	case wm.plainData != nil:
+		m.Data = wm.plainData
 	case wm.Data != nil:
 		m.Data = []byte(*wm.Data)
 	case wm.DataBase64 != nil:
@@ -149,8 +154,18 @@ func checkBatchType(r *http.Request) error {
 	return nil
 }
 
-// parseEntry decodes a core batch entry.
-func parseEntry(line []byte) (*bridge.Msg, error) {
+// parseEntry decodes a core batch entry, with sc's fast path when the
+// entry has the usual shape.
+func (sc *entryScanner) parseEntry(line []byte) (*bridge.Msg, error) {
+	var wm wireMsg
+	if sc.scan(line, &wm, nil) {
+		return wm.toMsg()
+	}
+	return decodeEntry(line)
+}
+
+// decodeEntry decodes a core batch entry with encoding/json.
+func decodeEntry(line []byte) (*bridge.Msg, error) {
 	var wm wireMsg
 	if err := json.Unmarshal(line, &wm); err != nil {
 		return nil, badRequest("entry is not a JSON object: %v", err)
@@ -163,7 +178,8 @@ func parseEntry(line []byte) (*bridge.Msg, error) {
 // with a result per entry. Bad entries do not stop good ones.
 func (s *Server) handlePublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		b, err := s.openBatch(w, r, parseEntry)
+		var sc entryScanner
+		b, err := s.openBatch(w, r, sc.parseEntry)
 		if err != nil {
 			return err
 		}
