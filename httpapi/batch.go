@@ -1,7 +1,6 @@
 package httpapi
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
@@ -29,7 +28,12 @@ type wireMsg struct {
 // toMsg converts and checks a client's message: headers as
 // {"Name":"v"} or {"Name":["v1","v2"]}, and data or data_base64, not both.
 func (wm *wireMsg) toMsg() (*bridge.Msg, error) {
-	m := &bridge.Msg{Subject: wm.Subject, Reply: wm.Reply}
+	return wm.toMsgIn(new(bridge.Msg))
+}
+
+// toMsgIn is toMsg into m, a zero message.
+func (wm *wireMsg) toMsgIn(m *bridge.Msg) (*bridge.Msg, error) {
+	m.Subject, m.Reply = wm.Subject, wm.Reply
 	switch {
 	case (wm.Data != nil || wm.plainData != nil) && wm.DataBase64 != nil:
 		return nil, badRequest("give data or data_base64, not both")
@@ -85,11 +89,16 @@ func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, parse func(li
 	if err != nil {
 		return nil, nil, err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(body))
-	sc.Buffer(nil, len(body)+1)
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
+	n := min(bytes.Count(body, []byte("\n"))+1, s.cfg.MaxBatchEntries)
+	msgs, errs = make([]*bridge.Msg, 0, n), make([]error, 0, n)
+	for rest := body; len(rest) > 0; {
+		line := rest
+		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+			line, rest = rest[:i], rest[i+1:]
+		} else {
+			rest = nil
+		}
+		if line = bytes.TrimSpace(line); len(line) == 0 {
 			continue
 		}
 		if len(msgs) == s.cfg.MaxBatchEntries {
@@ -159,7 +168,7 @@ func checkBatchType(r *http.Request) error {
 func (sc *entryScanner) parseEntry(line []byte) (*bridge.Msg, error) {
 	var wm wireMsg
 	if sc.scan(line, &wm, nil) {
-		return wm.toMsg()
+		return wm.toMsgIn(sc.newMsg())
 	}
 	return decodeEntry(line)
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"unicode/utf8"
+
+	"github.com/natsgate/natsgate/bridge"
 )
 
 // entryScanner decodes batch entries of the usual shape without
@@ -20,7 +22,21 @@ import (
 // The last subject is kept, so a batch to one subject allocates it once.
 type entryScanner struct {
 	lastSubject string
+	msgs        []bridge.Msg // allocated a block at a time, see newMsg
 }
+
+// newMsg is a zero message from a block shared with the batch's next
+// ones: one allocation per msgBlock entries.
+func (sc *entryScanner) newMsg() *bridge.Msg {
+	if len(sc.msgs) == 0 {
+		sc.msgs = make([]bridge.Msg, msgBlock)
+	}
+	m := &sc.msgs[0]
+	sc.msgs = sc.msgs[1:]
+	return m
+}
+
+const msgBlock = 64
 
 // scan decodes line into wm (and, if msgID is not nil, the key msg_id
 // into it); false means "decode it with encoding/json".
