@@ -17,6 +17,32 @@ import (
 
 type ctxKey struct{}
 
+// requestCtx is a request's context inside the router: its parent with
+// chi's routing context and the request's reqInfo in one value, so a
+// request costs one context and one copy of the request where chi and
+// observe would each make their own (Server.ServeHTTP, observe).
+type requestCtx struct {
+	context.Context
+	route *chi.Context
+	info  *reqInfo // set by observe
+}
+
+type requestCtxKey struct{}
+
+func (c *requestCtx) Value(key any) any {
+	switch key {
+	case chi.RouteCtxKey:
+		return c.route
+	case requestCtxKey{}:
+		return c
+	case ctxKey{}:
+		if c.info != nil {
+			return c.info
+		}
+	}
+	return c.Context.Value(key)
+}
+
 // reqInfo is a request's context value: its id, and what its handler
 // learned for the access log and metrics: the token's name (never the
 // token) and the error kind.
@@ -135,7 +161,11 @@ func observe(logger *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 			}
 			info := &reqInfo{id: id, base: logger}
 			sw := &statusWriter{ResponseWriter: w}
-			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
+			if rc, _ := r.Context().Value(requestCtxKey{}).(*requestCtx); rc != nil && rc.info == nil {
+				rc.info = info
+			} else {
+				r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
+			}
 			defer func() {
 				if p := recover(); p != nil {
 					if p == http.ErrAbortHandler {
