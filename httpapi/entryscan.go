@@ -39,7 +39,8 @@ func (sc *entryScanner) newMsg() *bridge.Msg {
 const msgBlock = 64
 
 // scan decodes line into wm (and, if msgID is not nil, the key msg_id
-// into it); false means "decode it with encoding/json".
+// into it); false means "decode it with encoding/json", into a fresh
+// value: wm may have been partly filled.
 func (sc *entryScanner) scan(line []byte, wm *wireMsg, msgID *string) bool {
 	i := skipSpace(line, 0)
 	if i == len(line) || line[i] != '{' {

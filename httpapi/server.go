@@ -173,8 +173,13 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 }
 
 // ServeHTTP routes the request with a routing context of its own
-// requestCtx (chi, finding one, makes none).
+// requestCtx (chi, finding one, makes none); mounted in a chi router,
+// it goes on with that router's routing context.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if chi.RouteContext(r.Context()) != nil {
+		s.router.ServeHTTP(w, r)
+		return
+	}
 	rc := &requestCtx{Context: r.Context(), route: s.routeCtxs.Get().(*chi.Context)}
 	rc.route.Reset()
 	rc.route.Routes = s.router
