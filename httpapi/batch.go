@@ -146,7 +146,7 @@ func (s *Server) openBatch(w http.ResponseWriter, r *http.Request, parse func(li
 		c.Release()
 		return nil, err
 	}
-	b := &batchIn{c: c, msgs: msgs, errs: errs}
+	b := &batchIn{c: c, msgs: msgs, errs: errs, valid: make([]*bridge.Msg, 0, len(msgs)), at: make([]int, 0, len(msgs))}
 	for i, m := range msgs {
 		if errs[i] == nil {
 			b.valid, b.at = append(b.valid, m), append(b.at, i)
@@ -197,13 +197,9 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 		for j, err := range c.PublishBatch(r.Context(), valid, s.cfg.MaxSubjectLen) {
 			errs[at[j]] = err
 		}
-		results := make([]batchResult, len(msgs))
 		failed, unavailable := 0, 0
-		for i, err := range errs {
-			results[i] = batchResult{Index: i, Status: http.StatusNoContent}
+		for _, err := range errs {
 			if err != nil {
-				status, _ := classify(err)
-				results[i].Status, results[i].Detail = status, err.Error()
 				failed++
 				if errors.Is(err, bridge.ErrUnavailable) {
 					unavailable++
@@ -216,7 +212,15 @@ func (s *Server) handlePublishBatch() http.HandlerFunc {
 			w.WriteHeader(http.StatusNoContent)
 		case unavailable == len(msgs):
 			return errs[0]
-		default:
+		default: // the results are built only for a 207
+			results := make([]batchResult, len(msgs))
+			for i, err := range errs {
+				results[i] = batchResult{Index: i, Status: http.StatusNoContent}
+				if err != nil {
+					results[i].Status, _ = classify(err)
+					results[i].Detail = err.Error()
+				}
+			}
 			writeJSON(w, http.StatusMultiStatus, map[string]any{"results": results})
 		}
 		return nil
