@@ -169,8 +169,24 @@ func (c *Conn) ClosedByAuth() bool {
 
 // check validates a message for publishing on this connection.
 func (c *Conn) check(m *Msg, maxSubject int) error {
-	if err := ValidatePublishSubject(m.Subject, maxSubject); err != nil {
+	if err := checkMsg(m, maxSubject, c.nc.MaxPayload(), ""); err != nil {
 		return err
+	}
+	if !c.nc.IsConnected() {
+		return c.notConnected()
+	}
+	return nil
+}
+
+// checkMsg is check without the connection's state, for a server whose
+// max_payload is maxPayload; a subject equal to valid, when not empty,
+// is known to be valid (a batch's run of messages to one subject checks
+// it once).
+func checkMsg(m *Msg, maxSubject int, maxPayload int64, valid string) error {
+	if valid == "" || m.Subject != valid {
+		if err := ValidatePublishSubject(m.Subject, maxSubject); err != nil {
+			return err
+		}
 	}
 	if m.Reply != "" {
 		if err := ValidatePublishSubject(m.Reply, maxSubject); err != nil {
@@ -180,11 +196,8 @@ func (c *Conn) check(m *Msg, maxSubject int) error {
 	if err := ValidateHeaders(m.Header); err != nil {
 		return err
 	}
-	if max := c.nc.MaxPayload(); int64(m.size()) > max {
-		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, m.size(), max)
-	}
-	if !c.nc.IsConnected() {
-		return c.notConnected()
+	if int64(m.size()) > maxPayload {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrPayloadTooLarge, m.size(), maxPayload)
 	}
 	return nil
 }
@@ -216,12 +229,19 @@ func (c *Conn) Publish(ctx context.Context, m *Msg, maxSubject int) error {
 // one round trip. errs[i] is nil when msgs[i] reached the server.
 func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (errs []error) {
 	errs = make([]error, len(msgs))
-	// One snapshot before the first publish serves every message.
+	// One snapshot before the first publish serves every message, and so
+	// do one look at the connection and its payload limit: a connection
+	// lost midway fails the publishes after it in nats.go.
 	seq, rc := c.perms.seq(), c.reconnects()
-	anySent := false
+	connected, maxPayload := c.nc.IsConnected(), c.nc.MaxPayload()
+	anySent, valid := false, ""
 	for i, m := range msgs {
-		if errs[i] = c.check(m, maxSubject); errs[i] == nil {
-			errs[i] = c.publish(m)
+		if errs[i] = checkMsg(m, maxSubject, maxPayload, valid); errs[i] == nil {
+			if valid = m.Subject; !connected {
+				errs[i] = c.notConnected()
+			} else {
+				errs[i] = c.publish(m)
+			}
 		}
 		anySent = anySent || errs[i] == nil
 	}

@@ -19,7 +19,8 @@ func FuzzStoredEntry(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		m, err := parseStoredEntry(line)
+		var sc entryScanner
+		m, err := sc.parseStoredEntry(line)
 		if err != nil {
 			return
 		}

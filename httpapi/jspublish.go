@@ -71,12 +71,27 @@ type storedEntry struct {
 	MsgID string `json:"msg_id,omitempty"`
 }
 
-// parseStoredEntry decodes a stored batch entry.
-func parseStoredEntry(line []byte) (*bridge.Msg, error) {
+// parseStoredEntry decodes a stored batch entry, with sc's fast path
+// when the entry has the usual shape.
+func (sc *entryScanner) parseStoredEntry(line []byte) (*bridge.Msg, error) {
+	var e storedEntry
+	if sc.scan(line, &e.wireMsg, &e.MsgID) {
+		return e.toStoredMsg()
+	}
+	return decodeStoredEntry(line)
+}
+
+// decodeStoredEntry decodes a stored batch entry with encoding/json.
+func decodeStoredEntry(line []byte) (*bridge.Msg, error) {
 	var e storedEntry
 	if err := json.Unmarshal(line, &e); err != nil {
 		return nil, badRequest("entry is not a JSON object: %v", err)
 	}
+	return e.toStoredMsg()
+}
+
+// toStoredMsg converts and checks a stored entry.
+func (e *storedEntry) toStoredMsg() (*bridge.Msg, error) {
 	if e.Reply != "" {
 		return nil, badRequest("a stored publish takes no reply subject: the stream's acknowledgement is the answer")
 	}
@@ -102,7 +117,8 @@ type storedResult struct {
 // same results, failed entries carrying status and detail.
 func (s *Server) handleJSPublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		b, err := s.openBatch(w, r, parseStoredEntry)
+		var sc entryScanner
+		b, err := s.openBatch(w, r, sc.parseStoredEntry)
 		if err != nil {
 			return err
 		}

@@ -17,15 +17,51 @@ import (
 
 type ctxKey struct{}
 
+// requestCtx is a request's context inside the router: its parent with
+// chi's routing context and the request's reqInfo in one value, so a
+// request costs one context and one copy of the request where chi and
+// observe would each make their own (Server.ServeHTTP, observe).
+type requestCtx struct {
+	context.Context
+	route *chi.Context
+	info  *reqInfo // set by observe
+}
+
+type requestCtxKey struct{}
+
+func (c *requestCtx) Value(key any) any {
+	switch key {
+	case chi.RouteCtxKey:
+		return c.route
+	case requestCtxKey{}:
+		return c
+	case ctxKey{}:
+		if c.info != nil {
+			return c.info
+		}
+	}
+	return c.Context.Value(key)
+}
+
 // reqInfo is a request's context value: its id, and what its handler
 // learned for the access log and metrics: the token's name (never the
 // token) and the error kind.
 type reqInfo struct {
-	id        string
+	id        string // see ID
+	n         uint64 // our id's number, when the caller gave none
 	base      *slog.Logger
 	logger    *slog.Logger // base with the request id, made on first use
 	tokenName string
 	errKind   string
+}
+
+// ID is the request's id: the caller's, or one of ours, formatted on
+// first use (most requests succeed unlogged and never need it).
+func (i *reqInfo) ID() string {
+	if i.id == "" {
+		i.id = requestIDs.prefix + strconv.FormatUint(i.n, 36)
+	}
+	return i.id
 }
 
 func infoFrom(ctx context.Context) *reqInfo {
@@ -36,7 +72,7 @@ func infoFrom(ctx context.Context) *reqInfo {
 // requestID returns the request's id, set by observe.
 func requestID(ctx context.Context) string {
 	if i := infoFrom(ctx); i != nil {
-		return i.id
+		return i.ID()
 	}
 	return ""
 }
@@ -48,7 +84,7 @@ func loggerFrom(ctx context.Context) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	if i.logger == nil {
-		i.logger = i.base.With("request_id", i.id)
+		i.logger = i.base.With("request_id", i.ID())
 	}
 	return i.logger
 }
@@ -87,8 +123,10 @@ var requestIDs = struct {
 	return hex.EncodeToString(b[:]) + "-"
 }()}
 
-func newRequestID() string {
-	return requestIDs.prefix + strconv.FormatUint(requestIDs.n.Add(1), 36)
+// observed is what observe keeps of a request, in one allocation.
+type observed struct {
+	info reqInfo
+	sw   statusWriter
 }
 
 // statusWriter records the status and size of a response.
@@ -127,15 +165,19 @@ func observe(logger *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 			start := time.Now()
 			// A caller's id is echoed; an id of ours is sent with errors
 			// only (writeError), sparing every success a header.
-			id := r.Header.Get("X-Request-Id")
-			if validRequestID(id) {
+			o := &observed{info: reqInfo{base: logger}, sw: statusWriter{ResponseWriter: w}}
+			info, sw := &o.info, &o.sw
+			if id := r.Header.Get("X-Request-Id"); validRequestID(id) {
 				w.Header().Set("X-Request-Id", id)
+				info.id = id
 			} else {
-				id = newRequestID()
+				info.n = requestIDs.n.Add(1)
 			}
-			info := &reqInfo{id: id, base: logger}
-			sw := &statusWriter{ResponseWriter: w}
-			r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
+			if rc, _ := r.Context().Value(requestCtxKey{}).(*requestCtx); rc != nil && rc.info == nil {
+				rc.info = info
+			} else {
+				r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, info))
+			}
 			defer func() {
 				if p := recover(); p != nil {
 					if p == http.ErrAbortHandler {
@@ -160,7 +202,7 @@ func observe(logger *slog.Logger, m *Metrics) func(http.Handler) http.Handler {
 					return
 				}
 				attrs := make([]slog.Attr, 0, 11)
-				attrs = append(attrs, slog.String("request_id", id), slog.String("method", r.Method), slog.String("path", r.URL.Path),
+				attrs = append(attrs, slog.String("request_id", info.ID()), slog.String("method", r.Method), slog.String("path", r.URL.Path),
 					slog.String("route", route), slog.Int("status", status), slog.Int64("bytes", sw.bytes),
 					slog.Duration("duration", d), slog.String("remote", r.RemoteAddr))
 				if f := forwardedFrom(r.Context()); f != nil {

@@ -80,30 +80,37 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) (
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body of %d bytes, limit %d", bridge.ErrPayloadTooLarge, r.ContentLength, limit)
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
 	var (
 		b   []byte
 		err error
 	)
-	if r.ContentLength >= 0 { // the usual case: read exactly that much, in one allocation
+	if r.ContentLength >= 0 { // the usual case: read exactly that much, in one allocation (net/http stops the body there)
 		b = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(body, b)
+		_, err = io.ReadFull(r.Body, b)
 	} else {
-		b, err = io.ReadAll(body)
+		b, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	}
+	if err != nil {
+		return nil, bodyError(err, limit)
+	}
+	return b, nil
+}
+
+// bodyError is what a failed body read means for the client.
+func bodyError(err error, limit int64) error {
 	var (
 		mbe *http.MaxBytesError
 		ne  net.Error
 	)
 	switch {
 	case errors.As(err, &mbe):
-		return nil, fmt.Errorf("%w: body over %d bytes", bridge.ErrPayloadTooLarge, limit)
+		return fmt.Errorf("%w: body over %d bytes", bridge.ErrPayloadTooLarge, limit)
 	case errors.As(err, &ne) && ne.Timeout():
-		return nil, fmt.Errorf("%w: the body did not arrive in time", errBodyTimeout)
+		return fmt.Errorf("%w: the body did not arrive in time", errBodyTimeout)
 	case errors.Is(err, io.ErrUnexpectedEOF):
-		return nil, badRequest("the body ended before its Content-Length")
+		return badRequest("the body ended before its Content-Length")
 	}
-	return b, err
+	return err
 }
 
 // handlePublish handles "POST /v1/publish/{subject}": the body is the

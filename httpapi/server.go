@@ -139,6 +139,7 @@ type Server struct {
 	wsDropped, wsOut prometheus.Counter
 	failures         *failureLimiter
 	router           chi.Router
+	routeCtxs        sync.Pool       // *chi.Context, see ServeHTTP
 	sessions         *sessionCounter // WebSocket sessions per token
 	streams          *sessionCounter // SSE and NDJSON streams per token
 
@@ -167,10 +168,24 @@ func NewServer(logger *slog.Logger, broker Broker, cfg Config) *Server {
 	s.wsDropped = s.metrics.dropped.WithLabelValues("ws")
 	s.wsOut = s.metrics.msgsOut.WithLabelValues("ws")
 	s.router = s.addRoutes()
+	s.routeCtxs.New = func() any { return chi.NewRouteContext() }
 	return s
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+// ServeHTTP routes the request with a routing context of its own
+// requestCtx (chi, finding one, makes none); mounted in a chi router,
+// it goes on with that router's routing context.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if chi.RouteContext(r.Context()) != nil {
+		s.router.ServeHTTP(w, r)
+		return
+	}
+	rc := &requestCtx{Context: r.Context(), route: s.routeCtxs.Get().(*chi.Context)}
+	rc.route.Reset()
+	rc.route.Routes = s.router
+	s.router.ServeHTTP(w, r.WithContext(rc))
+	s.routeCtxs.Put(rc.route)
+}
 
 // Shutdown starts the gateway's exit: /readyz answers 503, new /v1
 // requests are refused with 503, SSE and NDJSON streams end and WebSocket
