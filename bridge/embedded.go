@@ -146,6 +146,13 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, err
 	}
 	opts.NoSigs = true
+	// nats-server sends a new client its first PING 2 s after the
+	// connection came, PONG sent or not, and clients (nats.go among them)
+	// fail a connect whose first answer is a PING: "expected 'PONG', got
+	// 'PING'" (nats-server#1174). A token check slower than that (bcrypt
+	// tokens on a loaded machine, compared again after a reload) would be a
+	// 503; the first PING waits for the ping interval instead.
+	opts.DisableShortFirstPing = true
 	if opts.MaxControlLine == 0 {
 		opts.MaxControlLine = embeddedMaxControlLine
 	}

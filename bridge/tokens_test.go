@@ -95,6 +95,49 @@ func stillComparing(t testing.TB, res <-chan error) {
 	}
 }
 
+// slowFirstPingHashes are bcrypt hashes of "slow-first-ping" by cost,
+// made once: a test that needs a check slower than some time picks one
+// instead of paying for its making too.
+var slowFirstPingHashes = map[int]string{
+	13: "$2a$13$ETfVvUhNsHp6V0RwiPO5/uC.BklIGTWuLIRbyzttS8Bwiu11Av7eO",
+	14: "$2a$14$h0UYn7WKREGKuu8muQJwBO7hsWG17/ldc4uVNboOyVa5k5uLEHh9q",
+	15: "$2a$15$u5qWfxPouiduMmxJkkr3t.87pk2XcKMCAWAdXfD8ZbFrw1TcPiVxS",
+	16: "$2a$16$9da0xXetDG3kYaNqY08VjOeeF5iXYicq2cqzqSC/X0YKKRldxZGSe",
+	17: "$2a$17$tpyJo6yMR9cLEIQQADOQKeaeeGEwepJJxH968BGlhERfI8.U6N.4C",
+}
+
+// TestTokenCheckSlowerThanTheFirstPingStillConnects: nats-server sends a
+// new client a PING 2 s after it came unless its PONG went out first, and
+// nats.go fails a connect whose first answer is that PING ("expected
+// 'PONG', got 'PING'"). A token check slower than 2 s (a bcrypt token on
+// a loaded machine) must still connect.
+func TestTokenCheckSlowerThanTheFirstPingStillConnects(t *testing.T) {
+	t.Parallel()
+	// Each cost doubles the time; measure cost 10 and pick the hash whose
+	// check takes at least 3 s (the PING comes 2 to 2.4 s in).
+	h10, err := bcrypt.GenerateFromPassword([]byte("x"), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_ = bcrypt.CompareHashAndPassword(h10, []byte("x"))
+	per10 := time.Since(start)
+	cost := 13
+	for ; cost < 17 && per10<<(cost-10) < 3*time.Second; cost++ {
+	}
+	e := startEmbedded(t, append(testTokens(), Token{Name: "slow", Token: slowFirstPingHashes[cost]}))
+	p := newTestPool(t, Config{Server: e, ConnectTimeout: time.Minute})
+	start = time.Now()
+	err = <-acquireAsync(p, "slow-first-ping")
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("a token checked in %v: %v", took, err)
+	}
+	if took < 2400*time.Millisecond {
+		t.Fatalf("the check took %v (cost %d): too fast to test the first PING", took, cost)
+	}
+}
+
 // TestBcryptCheckDuringAReloadIsDecidedByTheNewTokens: a reload that
 // changes a bcrypt token's permissions while the server is comparing it
 // must not let the connection in under the old permissions.
