@@ -121,6 +121,10 @@ func (c *Conn) MaxPayload() int64 { return c.nc.MaxPayload() }
 // Connected reports whether the connection is up right now.
 func (c *Conn) Connected() bool { return c.nc.IsConnected() }
 
+// Closed reports whether the connection is closed for good (or closing:
+// nats.go marks it so before it ends its subscriptions).
+func (c *Conn) Closed() bool { return c.nc.IsClosed() }
+
 // Done is closed when the connection is closed for good.
 func (c *Conn) Done() <-chan struct{} { return c.done }
 

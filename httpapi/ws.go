@@ -566,6 +566,9 @@ func (ss *session) runFeed(sid string, feed *jsFeed) {
 		if ss.live.Load() != c {
 			return
 		}
+		if c.Closed() {
+			return // the feed ended with its connection: the session's close says why
+		}
 		feed.told = true
 		ss.tellEnded(sid, feed, err)
 	})
