@@ -81,12 +81,7 @@ func (ss *session) refresh(f *frame) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.WS.ConnectTimeout)
 	defer cancel()
-	c, err := s.connect(ctx, ss.remote, tok)
-	if err == nil {
-		if err = s.sessions.add(c.Key()); err != nil {
-			c.Release()
-		}
-	}
+	c, err := s.connectSession(ctx, ss.remote, tok)
 	if err != nil {
 		ss.reply(f, err)
 		return
@@ -96,8 +91,7 @@ func (ss *session) refresh(f *frame) {
 	moved, err := ss.moveCore(ctx, c)
 	if err != nil {
 		ss.live.Store(old)
-		s.sessions.done(c.Key())
-		c.Release()
+		ss.cleanupConn(c)
 		ss.reply(f, err)
 		ss.recheck(old)
 		return

@@ -169,6 +169,21 @@ func (s *sessionCounter) done(k bridge.TokenKey) {
 // With an Authorization header the token is checked before the upgrade
 // (and errors are plain HTTP); without one, the first frame must be
 // {"op":"connect","token":…} within WSConfig.ConnectTimeout.
+// connectSession is connect for a WebSocket session: the token's
+// connection, with a place among its sessions (--ws-max-sessions-per-token)
+// taken, to be given back with sessions.done.
+func (s *Server) connectSession(ctx context.Context, remote, tok string) (*bridge.Conn, error) {
+	c, err := s.connect(ctx, remote, tok)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.sessions.add(c.Key()); err != nil {
+		c.Release()
+		return nil, err
+	}
+	return c, nil
+}
+
 func (s *Server) handleWS() http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if err := s.checkOrigin(r); err != nil {
@@ -179,12 +194,7 @@ func (s *Server) handleWS() http.HandlerFunc {
 		if r.Header.Get("Authorization") != "" {
 			tok, err := s.bearer(r)
 			if err == nil {
-				c, err = s.connect(r.Context(), r.RemoteAddr, tok)
-			}
-			if err == nil {
-				if err = s.sessions.add(c.Key()); err != nil {
-					c.Release()
-				}
+				c, err = s.connectSession(r.Context(), r.RemoteAddr, tok)
 			}
 			if err != nil {
 				writeError(w, r, err)
@@ -392,12 +402,7 @@ func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
 		s.metrics.authFailures.WithLabelValues("missing").Inc()
 		return nil, closeUnauthorized, "missing or malformed token"
 	}
-	c, err := s.connect(context.Background(), ss.remote, tok)
-	if err == nil {
-		if err = s.sessions.add(c.Key()); err != nil {
-			c.Release()
-		}
-	}
+	c, err := s.connectSession(context.Background(), ss.remote, tok)
 	if err != nil {
 		status, _ := classify(err)
 		switch status {
