@@ -68,6 +68,22 @@ func startOIDCGateway(t *testing.T, iss *oidctest.Issuer, aud string, notice, tt
 	return ts.URL, e.ClientURL()
 }
 
+// refreshPage is a page with the client loaded (and the wire spied on)
+// from a gateway of startOIDCGateway's whose tokens live 2 s, with the
+// expiring notice 1 s ahead, and a memory stream PAGE of page.js;
+// minted counts the tokens the page fetched.
+func refreshPage(t *testing.T) (b *browser, natsURL string, minted *atomic.Int32) {
+	t.Helper()
+	minted = new(atomic.Int32)
+	base, natsURL := startOIDCGateway(t, oidctest.New(t), "natsgate-web", time.Second, 2*time.Second, minted)
+	putStream(t, base, "PAGE", `{"subjects":["page.js"],"storage":"memory"}`)
+	b = newBrowser(t)
+	b.openAt(base)
+	eval[bool](b, spyJS)
+	b.loadClient()
+	return b, natsURL, minted
+}
+
 // TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes: a page
 // whose token is an async function (fetching a token living 2 s) is told
 // ahead of each expiry, calls the function and moves its open session to
@@ -76,15 +92,7 @@ func startOIDCGateway(t *testing.T, iss *oidctest.Issuer, aud string, notice, tt
 // subscription gets every seq once, in order.
 func TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes(t *testing.T) {
 	t.Parallel() // mostly waiting for tokens to expire: beside the other one
-	iss := oidctest.New(t)
-	var minted atomic.Int32
-	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", time.Second, 2*time.Second, &minted)
-	putStream(t, base, "PAGE", `{"subjects":["page.js"],"storage":"memory"}`)
-
-	b := newBrowser(t)
-	b.openAt(base)
-	eval[bool](b, spyJS)
-	b.loadClient()
+	b, natsURL, minted := refreshPage(t)
 	eval[bool](b, `(async () => {
 		window.nc = await mod.connect({ token: async () => (await fetch('/test/token', { method: 'POST' })).text() });
 		window.events = [];
@@ -180,14 +188,7 @@ func TestJSClientTokenFunctionKeepsSubscriptionsAcrossRefreshes(t *testing.T) {
 // and its JetStream subscription resumes by seq, losing nothing.
 func TestJSClientFailedRefreshGoesOnThenReconnects(t *testing.T) {
 	t.Parallel()
-	iss := oidctest.New(t)
-	var minted atomic.Int32
-	base, natsURL := startOIDCGateway(t, iss, "natsgate-web", time.Second, 2*time.Second, &minted)
-	putStream(t, base, "PAGE", `{"subjects":["page.js"],"storage":"memory"}`)
-	b := newBrowser(t)
-	b.openAt(base)
-	eval[bool](b, spyJS)
-	b.loadClient()
+	b, natsURL, minted := refreshPage(t)
 	eval[bool](b, `(async () => {
 		let calls = 0;
 		const token = async () => (await fetch('/test/token' + (++calls === 2 ? '?wrong-audience' : ''), { method: 'POST' })).text();
