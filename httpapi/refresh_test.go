@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -170,6 +169,34 @@ func (w *wsClient) closedWith() (websocket.StatusCode, string) {
 	}
 }
 
+// publishing calls publish(1), publish(2), … every 2 ms until the stop it
+// returns is called; stop returns the last i whose publish succeeded. An
+// error fails the test and ends the publishing.
+func publishing(t *testing.T, publish func(i int) error) (stop func() int) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	last := 0
+	go func() {
+		defer close(done)
+		for i := 1; ; i++ {
+			select {
+			case <-quit:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+			if err := publish(i); err != nil {
+				t.Error(err)
+				return
+			}
+			last = i
+		}
+	}()
+	return func() int {
+		close(quit)
+		<-done
+		return last
+	}
+}
+
 // TestOIDCRefreshKeepsCoreSubscriptions: a connect frame with a fresh
 // token moves the session to the fresh token's connection; a core
 // subscription loses nothing published before, during or after the
@@ -190,29 +217,12 @@ func TestOIDCRefreshKeepsCoreSubscriptions(t *testing.T) {
 	w.next("ok")
 
 	nc := g.native(adminToken)
-	var (
-		mu   sync.Mutex
-		sent int
-		stop = make(chan struct{})
-		done = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		for i := 1; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			if err := nc.Publish("orders.core", []byte(strconv.Itoa(i))); err != nil {
-				t.Errorf("publish: %v", err)
-				return
-			}
-			mu.Lock()
-			sent = i
-			mu.Unlock()
+	stop := publishing(t, func(i int) error {
+		if err := nc.Publish("orders.core", []byte(strconv.Itoa(i))); err != nil {
+			return fmt.Errorf("publish: %w", err)
 		}
-	}()
+		return nil
+	})
 	got := map[int]int{}
 	fromSession := 0
 	fc := frameCollector{w: w, onData: func(f map[string]any) {
@@ -239,11 +249,7 @@ func TestOIDCRefreshKeepsCoreSubscriptions(t *testing.T) {
 	}
 	// Past the old token's expiry: the session goes on.
 	fc.until("the old token's expiry", func(map[string]any) bool { return time.Now().After(oldExp.Add(500 * time.Millisecond)) })
-	close(stop)
-	<-done
-	mu.Lock()
-	last := sent
-	mu.Unlock()
+	last := stop()
 	fc.until("the last message", func(map[string]any) bool { return got[last] > 0 })
 	first := last
 	for n := range got {
@@ -289,30 +295,17 @@ func TestOIDCRefreshResumesJetStreamWithoutGapOrDuplicate(t *testing.T) {
 	w.send(map[string]any{"op": "watch", "sid": "k", "bucket": "cfg"})
 	w.next("ok")
 
-	stop, done := make(chan struct{}), make(chan struct{})
-	var stored, revs int
-	go func() {
-		defer close(done)
-		for i := 1; ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
-			if _, err := js.Publish(ctx, "orders.js", []byte(strconv.Itoa(i))); err != nil {
-				t.Errorf("stored publish: %v", err)
-				return
-			}
-			stored = i
-			if i%2 == 0 {
-				if _, err := kv.Put(ctx, fmt.Sprint("key.", i%5), []byte(strconv.Itoa(i))); err != nil {
-					t.Errorf("kv put: %v", err)
-					return
-				}
-				revs++
+	stop := publishing(t, func(i int) error {
+		if _, err := js.Publish(ctx, "orders.js", []byte(strconv.Itoa(i))); err != nil {
+			return fmt.Errorf("stored publish: %w", err)
+		}
+		if i%2 == 0 {
+			if _, err := kv.Put(ctx, fmt.Sprint("key.", i%5), []byte(strconv.Itoa(i))); err != nil {
+				return fmt.Errorf("kv put: %w", err)
 			}
 		}
-	}()
+		return nil
+	})
 	var seqs, revisions []int
 	fc := frameCollector{w: w, onData: func(f map[string]any) {
 		switch f["sid"] {
@@ -333,8 +326,8 @@ func TestOIDCRefreshResumesJetStreamWithoutGapOrDuplicate(t *testing.T) {
 		}
 	}
 	fc.until("the first token's expiry", func(map[string]any) bool { return time.Now().After(firstExp.Add(300 * time.Millisecond)) })
-	close(stop)
-	<-done
+	stored := stop()
+	revs := stored / 2
 	fc.until("every stored message and entry", func(map[string]any) bool { return len(seqs) >= stored && len(revisions) >= revs })
 	for i, s := range seqs {
 		if s != i+1 {
