@@ -635,11 +635,9 @@ export class NatsgateClient extends EventTarget {
     if (f.sid !== undefined && this.#watches.has(f.sid) && this.#onWatchFrame(f)) return;
     switch (f.op) {
       case 'connected': {
-        const p = f.id !== undefined ? this.#pending.get(f.id) : undefined;
+        const p = this.#take(f.id);
         if (!p) return this.#onConnected(f);
         // The answer to a refresh: the same session, on a fresh token.
-        this.#pending.delete(f.id);
-        if (p.timer) clearTimeout(p.timer);
         if (p.kind === 'connect') this.info = f;
         p.resolve(undefined);
         return;
@@ -664,7 +662,7 @@ export class NatsgateClient extends EventTarget {
       case 'ok':
       case 'reply':
       case 'error': {
-        const p = f.id !== undefined ? this.#pending.get(f.id) : undefined;
+        const p = this.#take(f.id);
         if (!p) {
           if (f.op !== 'error') return;
           const sub = f.id === undefined && f.sid !== undefined ? this.#subs.get(f.sid) : undefined;
@@ -677,8 +675,6 @@ export class NatsgateClient extends EventTarget {
           else this.#emit('error', { error: new NatsgateError(f.message || 'error', { status: f.status }) });
           return;
         }
-        this.#pending.delete(f.id);
-        if (p.timer) clearTimeout(p.timer);
         if (f.op === 'error') p.reject(new NatsgateError(f.message || 'error', { status: f.status }));
         else p.resolve(f.op === 'reply' ? toMessage(f) : undefined);
         return;
@@ -817,6 +813,20 @@ export class NatsgateClient extends EventTarget {
     }
   }
 
+  /**
+   * Takes the call waiting for the answer with this id out of the
+   * pending ones, its timer stopped.
+   * @param {string|undefined} id
+   */
+  #take(id) {
+    const p = id !== undefined ? this.#pending.get(id) : undefined;
+    if (p) {
+      this.#pending.delete(id);
+      if (p.timer) clearTimeout(p.timer);
+    }
+    return p;
+  }
+
   #nextId() {
     return `i${++this.#seq}`;
   }
@@ -845,8 +855,7 @@ export class NatsgateClient extends EventTarget {
       try {
         this.#send({ ...f, id });
       } catch (e) {
-        this.#pending.delete(id);
-        if (p.timer) clearTimeout(p.timer);
+        this.#take(id);
         reject(e);
       }
     });
@@ -1112,7 +1121,8 @@ export class NatsgateClient extends EventTarget {
   }
 
   /**
-   * Sends an unsub whose answer nobody waits for.
+   * Sends an unsub whose answer nobody waits for (a subscription's or a
+   * watch's sid).
    * @param {string} sid
    */
   #releaseSid(sid) {
@@ -1383,7 +1393,7 @@ export class NatsgateClient extends EventTarget {
       const p = this.#pending.get(id);
       if (!p) return;
       this.#pending.set(id, quiet('sub'));
-      this.#kvReleaseSid(w.sid);
+      this.#releaseSid(w.sid);
       p.reject(new NatsgateError(`natsgate: no answer from the gateway within ${ms} ms to watching ${w.bucket}`, { status: 504 }));
     }, ms) : undefined;
     this.#pending.set(id, {
@@ -1462,7 +1472,7 @@ export class NatsgateClient extends EventTarget {
       w.retry = null;
       if (this.#watches.get(w.sid) !== w || ws !== this.#ws || this.state !== 'connected') return;
       try {
-        this.#kvReleaseSid(w.sid);
+        this.#releaseSid(w.sid);
         this.#sendWatch(w);
       } catch (error) {
         this.#emit('error', { error, sid: w.sid, bucket: w.bucket });
@@ -1493,21 +1503,6 @@ export class NatsgateClient extends EventTarget {
       if (w.waiter) w.waiter.reject(err);
     }
     this.#watches.clear();
-  }
-
-  /**
-   * Sends an unsub for a watch's sid whose answer nobody waits for.
-   * @param {string} sid
-   */
-  #kvReleaseSid(sid) {
-    if (this.state !== 'connected') return;
-    const id = this.#nextId();
-    this.#pending.set(id, quiet('unsub'));
-    try {
-      this.#send({ op: 'unsub', sid, id });
-    } catch {
-      this.#pending.delete(id);
-    }
   }
 }
 
