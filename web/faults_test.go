@@ -297,9 +297,10 @@ func TestClientBackoffGrowsWhileSessionsDieYoung(t *testing.T) {
 		t.FailNow()
 	}
 
-	// Kicking stopped: the next session stays; once it has lived past
-	// backoffResetAfter, a loss starts again at attempt 1.
-	b.waitJS("a session that stays", `nc.state === 'connected'`)
+	// Kicking stopped: the 6th session, accepted while it was on, is
+	// still kicked (the 6th reconnect); the next one stays. Once it has
+	// lived past backoffResetAfter, a loss starts again at attempt 1.
+	b.waitJS("a session that stays", `ev.length >= 6 && nc.state === 'connected'`)
 	eval[bool](b, `new Promise((r) => setTimeout(() => r(true), Math.max(0, connectedAt + 1600 - performance.now())))`)
 	n := eval[int](b, `ev.length`)
 	p.cut()
