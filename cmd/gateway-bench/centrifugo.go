@@ -65,11 +65,18 @@ func findCentrifugo(ctx context.Context, flagPath string) (bin, version string, 
 // goBinDir is where go install puts binaries.
 func goBinDir(ctx context.Context) string {
 	out, _ := exec.CommandContext(ctx, "go", "env", "GOBIN", "GOPATH").Output()
-	f := strings.Split(strings.TrimSpace(string(out)), "\n")
+	return binDirOf(string(out))
+}
+
+// binDirOf reads go env GOBIN GOPATH's output: a line each, GOBIN first.
+// An unset GOBIN is an empty first line, so the output must not be
+// trimmed before it is split.
+func binDirOf(goEnv string) string {
+	f := strings.Split(goEnv, "\n")
 	if len(f) > 0 && strings.TrimSpace(f[0]) != "" {
 		return strings.TrimSpace(f[0])
 	}
-	if len(f) > 1 {
+	if len(f) > 1 && strings.TrimSpace(f[1]) != "" {
 		return filepath.Join(strings.TrimSpace(f[1]), "bin")
 	}
 	return filepath.Join(os.Getenv("HOME"), "go", "bin")

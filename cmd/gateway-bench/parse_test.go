@@ -187,3 +187,17 @@ func TestSideBySideRotates(t *testing.T) {
 		}
 	}
 }
+
+func TestBinDirOf(t *testing.T) {
+	t.Setenv("HOME", "/home/u")
+	for _, c := range []struct{ env, want string }{
+		{"/opt/gobin\n/root/go\n", "/opt/gobin"},
+		{"\n/root/go\n", "/root/go/bin"}, // GOBIN unset: GOPATH/bin, not GOPATH
+		{"\n\n", "/home/u/go/bin"},
+		{"", "/home/u/go/bin"},
+	} {
+		if got := binDirOf(c.env); got != c.want {
+			t.Errorf("binDirOf(%q) = %q, want %q", c.env, got, c.want)
+		}
+	}
+}
