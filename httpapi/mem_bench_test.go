@@ -119,34 +119,59 @@ func heapStack() (heap, stack int64) {
 // it to subject and returns the connection once the subscription is
 // confirmed; nothing reads it afterwards.
 func idleUser(b *testing.B, addr, token, subject string) net.Conn {
+	c, r := rawSession(b, addr, token)
+	if _, err := c.Write(maskedText(fmt.Appendf(nil, `{"op":"sub","sid":"s","subject":%q}`, subject))); err != nil {
+		b.Fatal(err)
+	}
+	if seen := readRawUntil(b, r, `"op":"ok"`, 1); bytes.Contains(seen, []byte(`"op":"error"`)) {
+		b.Fatalf("sub: %s", seen)
+	}
+	return c
+}
+
+// rawSession does a WebSocket handshake by hand on a TCP connection and
+// returns it with a reader of what follows.
+func rawSession(t testing.TB, addr, token string) (net.Conn, *bufio.Reader) {
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	fmt.Fprintf(c, "GET /v1/ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n", addr, token)
 	r := bufio.NewReaderSize(c, 512)
 	resp, err := http.ReadResponse(r, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		b.Fatalf("upgrade: %v %v", resp, err)
+		t.Fatalf("upgrade: %v %v", resp, err)
 	}
-	payload := fmt.Appendf(nil, `{"op":"sub","sid":"s","subject":%q}`, subject)
-	// A masked text frame (the mask is zero: the payload goes as is).
-	frame := append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
-	if _, err := c.Write(frame); err != nil {
-		b.Fatal(err)
+	return c, r
+}
+
+// maskedText is a client's text frame of payload, masked with a zero mask
+// (so the payload goes as is).
+func maskedText(payload []byte) []byte {
+	f := []byte{0x81}
+	switch n := len(payload); {
+	case n <= 125:
+		f = append(f, 0x80|byte(n))
+	case n <= 0xffff:
+		f = append(f, 0x80|126, byte(n>>8), byte(n))
+	default:
+		panic("frame too large for the test")
 	}
+	return append(append(f, 0, 0, 0, 0), payload...)
+}
+
+// readRawUntil reads from r until what it has read holds want n times (or an
+// error frame), and returns it all.
+func readRawUntil(t testing.TB, r *bufio.Reader, want string, n int) []byte {
 	var seen []byte
 	buf := make([]byte, 512)
-	for !bytes.Contains(seen, []byte(`"op":"ok"`)) {
-		if bytes.Contains(seen, []byte(`"op":"error"`)) {
-			b.Fatalf("sub: %s", seen)
-		}
-		n, err := r.Read(buf)
+	for bytes.Count(seen, []byte(want)) < n && !bytes.Contains(seen, []byte(`"op":"error"`)) {
+		m, err := r.Read(buf)
 		if err != nil {
-			b.Fatalf("waiting for the sub's ok: %v (%s)", err, seen)
+			t.Fatalf("waiting for %d× %s: %v (%s)", n, want, err, seen)
 		}
-		seen = append(seen, buf[:n]...)
+		seen = append(seen, buf[:m]...)
 	}
-	return c
+	return seen
 }

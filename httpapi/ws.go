@@ -310,7 +310,7 @@ func (ss *session) run(c *bridge.Conn) {
 	ss.ws.SetReadLimit(ss.limit)
 	ss.connected("")
 	ss.pingAt.Store(time.Now().Add(s.cfg.KeepAlive).UnixNano())
-	ss.serve()
+	go ss.serve() // on a fresh stack, as after a sub (see serve)
 }
 
 // serve reads and handles frames until the session ends, then ends it.
@@ -318,8 +318,9 @@ func (ss *session) run(c *bridge.Conn) {
 // a refresh's connect) reading goes on in a fresh goroutine and this one
 // ends: handling a frame (encoding/json above all) grows a goroutine's
 // stack to 8 KiB, which an idle session would keep for its lifetime,
-// where waiting for the next frame needs 4. Frequent frames (pub, req)
-// are handled in place.
+// where waiting for the next frame needs 2 (corkedConn.awaitData).
+// Frequent frames (pub, req) are handled in place; the GC shrinks the
+// stack they grew once the session idles.
 func (ss *session) serve() {
 	handedOn := false
 	defer func() {
@@ -332,6 +333,7 @@ func (ss *session) serve() {
 		}
 	}()
 	for {
+		ss.netc.awaitData()
 		typ, data, err := ss.ws.Read(noDeadline)
 		if err != nil {
 			return

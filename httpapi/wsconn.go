@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -38,6 +39,12 @@ func (u *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	_ = conn.SetReadDeadline(time.Time{}) // the http.Server's ReadTimeout was for the upgrade request
 	u.conn = &corkedConn{Conn: conn}
+	u.conn.br = bufio.NewReaderSize(u.conn, wsReadBuffer)
+	if tc, ok := conn.(*net.TCPConn); ok { // not TLS: its records may hold bytes the socket no longer has
+		if rc, err := tc.SyscallConn(); err == nil {
+			u.conn.raw, u.conn.ready = rc, peekReady(&u.conn.peek)
+		}
+	}
 	if n := brw.Reader.Buffered(); n > 0 {
 		// Bytes the client sent right after its upgrade request, already
 		// in net/http's buffer. They must come first from the connection
@@ -46,7 +53,7 @@ func (u *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		b, _ := brw.Reader.Peek(n)
 		u.conn.pending = bytes.Clone(b)
 	}
-	return u.conn, bufio.NewReadWriter(bufio.NewReaderSize(u.conn, wsReadBuffer), bufio.NewWriterSize(u.conn, wsWriteBuffer)), nil
+	return u.conn, bufio.NewReadWriter(u.conn.br, bufio.NewWriterSize(u.conn, wsWriteBuffer)), nil
 }
 
 // corkBuffers recycles the buffers of corked writes between sessions.
@@ -66,7 +73,13 @@ const opClose = 0x88
 // join the batch when one is open, and go straight out otherwise.
 type corkedConn struct {
 	net.Conn
-	pending []byte // read before the connection; reader goroutine only
+	pending []byte        // read before the connection; reader goroutine only
+	br      *bufio.Reader // coder/websocket's reader of the connection
+	// raw and ready let the reader wait for the client's next bytes
+	// without reading them (awaitData); nil where that cannot be done.
+	raw   syscall.RawConn
+	ready func(fd uintptr) bool
+	peek  [1]byte
 
 	mu        sync.Mutex
 	corked    bool
@@ -88,6 +101,21 @@ func (c *corkedConn) freshDeadlineLocked() {
 		c.deadline = now.Add(c.timeout)
 		_ = c.Conn.SetWriteDeadline(c.deadline)
 	}
+}
+
+// awaitData returns once the client has sent something, or the
+// connection has ended or failed (the next read says which), waiting in
+// as shallow a call as there can be: an idle session's reader spends its
+// life here, and a goroutine parked deep inside coder/websocket's reader
+// keeps a 4 KiB stack where one parked here keeps 2. It reads nothing,
+// so the bytes stay for coder/websocket, which may also read them itself
+// (a close handshake); the connection's read lock keeps the two apart.
+// Reader goroutine only.
+func (c *corkedConn) awaitData() {
+	if c.ready == nil || len(c.pending) > 0 || c.br.Buffered() > 0 {
+		return
+	}
+	_ = c.raw.Read(c.ready)
 }
 
 func (c *corkedConn) Read(p []byte) (int, error) {
