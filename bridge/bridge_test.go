@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -416,6 +418,70 @@ func TestSubscribersOfOneSubjectShareOneNATSSubscription(t *testing.T) {
 	}
 	if n := len(a.msgs); n != 1 {
 		t.Fatalf("closed sink got %d messages, want 1", n)
+	}
+}
+
+// Sinks leave a shared subscription in any order (each taking the last
+// one's place); whoever is left gets every message, and whoever left
+// none, also after most have gone and the sinks' room shrinks.
+func TestSinksLeavingASharedSubscriptionInAnyOrder(t *testing.T) {
+	t.Parallel()
+	e := startEmbedded(t, testTokens())
+	p := newTestPool(t, Config{Server: e})
+	c := mustAcquire(t, p, adminToken)
+	ctx := context.Background()
+	const n = 300
+	sinks := make([]*countSink, n)
+	subs := make([]*Subscription, n)
+	for i := range n {
+		sinks[i] = newCountSink()
+		sub, err := c.Subscribe(ctx, "leave.x", "", sinks[i], 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs[i] = sub
+	}
+	nc := native(t, e, adminToken)
+	open := make([]bool, n)
+	for i := range open {
+		open[i] = true
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round, leave := range []int{1, 150, 100, 45, 4} { // the sinks' room shrinks after the third
+		for _, i := range rng.Perm(n)[:n] {
+			if leave == 0 {
+				break
+			}
+			if open[i] {
+				subs[i].Close()
+				open[i], leave = false, leave-1
+			}
+		}
+		if err := nc.Publish("leave.x", []byte(strconv.Itoa(round))); err != nil {
+			t.Fatal(err)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		for i, s := range sinks {
+			if open[i] {
+				s.wait(t, 1)
+			}
+		}
+		for i, s := range sinks {
+			s.mu.Lock()
+			got := len(s.msgs)
+			s.mu.Unlock()
+			if !open[i] && got > round {
+				t.Fatalf("round %d: sink %d got a message after it left (%d messages)", round, i, got)
+			}
+			if open[i] && got != round+1 {
+				t.Fatalf("round %d: sink %d has %d messages, want %d", round, i, got, round+1)
+			}
+		}
+	}
+	if n := c.nc.NumSubscriptions(); n != 0 {
+		t.Fatalf("NATS subscriptions after all left = %d, want 0", n)
 	}
 }
 

@@ -445,6 +445,7 @@ type Sink interface {
 type Subscription struct {
 	ss   *sharedSub
 	sink Sink
+	idx  int // its place in ss.sinks, under ss.mu
 	once sync.Once
 }
 
@@ -460,10 +461,15 @@ func (s *Subscription) Close() { s.once.Do(func() { s.ss.remove(s) }) }
 type sharedSub struct {
 	c              *Conn
 	subject, queue string
-	sinks          atomic.Pointer[[]*Subscription] // copy-on-write under c.smu
-	sub            *nats.Subscription
-	ready          chan struct{}
-	err            error
+	// mu guards sinks: held shared while a message is handed to them, so
+	// joining and leaving cost the same however many sinks there are
+	// (a copy per change made subscribing n sessions to one subject
+	// cost n²/2 pointer copies).
+	mu    sync.RWMutex
+	sinks []*Subscription
+	sub   *nats.Subscription
+	ready chan struct{}
+	err   error
 
 	dmu       sync.Mutex
 	reported  int         // nats.go drops already reported to the sinks
@@ -490,7 +496,6 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, sink Sink, 
 	create := queue != "" || ss == nil
 	if create {
 		ss = &sharedSub{c: c, subject: subject, queue: queue, ready: make(chan struct{})}
-		ss.sinks.Store(&[]*Subscription{})
 		if queue == "" {
 			c.subs[subject] = ss
 		}
@@ -540,7 +545,7 @@ func (ss *sharedSub) start() {
 	ss.sub, ss.err = nsub, err
 	// Every sink may have left while we waited; then nobody else will
 	// unsubscribe.
-	drop := err != nil || len(*ss.sinks.Load()) == 0
+	drop := err != nil || ss.count() == 0
 	if drop && c.subs[ss.subject] == ss {
 		delete(c.subs, ss.subject)
 	}
@@ -575,7 +580,9 @@ func (ss *sharedSub) reportDropped(sub *nats.Subscription) {
 	if n <= 0 {
 		return
 	}
-	for _, s := range *ss.sinks.Load() {
+	ss.mu.RLock()
+	defer ss.mu.RUnlock()
+	for _, s := range ss.sinks {
 		s.sink.Dropped(n)
 	}
 }
@@ -585,31 +592,47 @@ func (ss *sharedSub) onMsg(nm *nats.Msg) {
 		ss.reportDropped(nm.Sub)
 	}
 	m := fromNATS(nm)
-	for _, s := range *ss.sinks.Load() {
+	ss.mu.RLock()
+	defer ss.mu.RUnlock()
+	for _, s := range ss.sinks {
 		s.sink.Deliver(m)
 	}
 }
 
+func (ss *sharedSub) count() int {
+	ss.mu.RLock()
+	defer ss.mu.RUnlock()
+	return len(ss.sinks)
+}
+
 func (ss *sharedSub) addLocked(s *Subscription) {
-	old := *ss.sinks.Load()
-	n := make([]*Subscription, len(old), len(old)+1)
-	copy(n, old)
-	n = append(n, s)
-	ss.sinks.Store(&n)
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	s.idx = len(ss.sinks)
+	ss.sinks = append(ss.sinks, s)
+}
+
+// removeSink takes s out of sinks, the last one taking its place, and
+// says how many are left. A slice left mostly empty is reallocated, so a
+// subject that once had many sinks does not keep their room.
+func (ss *sharedSub) removeSink(s *Subscription) int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	last := len(ss.sinks) - 1
+	moved := ss.sinks[last]
+	ss.sinks[s.idx], moved.idx = moved, s.idx
+	ss.sinks[last] = nil
+	ss.sinks = ss.sinks[:last]
+	if c := cap(ss.sinks); c > 64 && last < c/4 {
+		ss.sinks = append(make([]*Subscription, 0, 2*last), ss.sinks...)
+	}
+	return last
 }
 
 func (ss *sharedSub) remove(s *Subscription) {
 	c := ss.c
 	c.smu.Lock()
-	old := *ss.sinks.Load()
-	n := make([]*Subscription, 0, len(old))
-	for _, o := range old {
-		if o != s {
-			n = append(n, o)
-		}
-	}
-	ss.sinks.Store(&n)
-	last := len(n) == 0
+	last := ss.removeSink(s) == 0
 	if last && c.subs[ss.subject] == ss {
 		delete(c.subs, ss.subject)
 	}
