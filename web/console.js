@@ -1,7 +1,7 @@
 // The natsgate console (served at /): a page over client.js. Everything
 // shown from the network goes in with textContent, never as HTML; the
 // token stays in this page's memory (and the client's) only.
-import { NatsgateClient } from '/client.js';
+import { NatsgateClient } from './client.js';
 
 const MAX_LOG = 500;
 const MAX_ERRORS = 50;
@@ -188,7 +188,9 @@ function doConnect() {
   if (client) client.close();
   let c;
   try {
-    c = new NatsgateClient({ token });
+    // The gateway is where this page is: at the origin's root, or under
+    // the prefix a Go app mounted it at (the page's directory).
+    c = new NatsgateClient({ token, url: new URL('.', location.href).href });
   } catch (e) {
     showError(e, 'connect');
     return;

@@ -63,3 +63,31 @@ func TestClientUnderAPrefix(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleUnderAPrefix: the console page works where a Go app mounted
+// the gateway: its script, style sheet and client come from under the
+// prefix, and it connects there.
+func TestConsoleUnderAPrefix(t *testing.T) {
+	gw, err := natsgate.New(natsgate.Options{Tokens: testTokens()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/nats/", http.StripPrefix("/nats", gw))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		gw.Shutdown()
+		srv.Close()
+		_ = gw.Close(context.Background())
+	})
+	b := newBrowser(t)
+	b.openConsoleAt(srv.URL + "/nats/")
+	b.connect(adminToken)
+	b.subscribe("prefix.console")
+	b.do("publishing", chromedp.SetValue(chromedp.ID("pub-subject"), "prefix.console"),
+		chromedp.SetValue(chromedp.ID("pub-data"), "from the console"), chromedp.Click(chromedp.ID("pub-send")))
+	b.waitLog("prefix.console", "from the console")
+	if got := eval[string](b, `document.styleSheets.length > 0 && document.styleSheets[0].href`); got != srv.URL+"/nats/console.css" {
+		t.Fatalf("style sheet %q, want it from under the prefix", got)
+	}
+}

@@ -388,7 +388,13 @@ func js(s string) string {
 // openConsole loads the console page and waits for its script.
 func (b *browser) openConsole(g *gateway) {
 	b.t.Helper()
-	b.do("loading the console", chromedp.EmulateViewport(1280, 860), chromedp.Navigate(g.URL+"/"))
+	b.openConsoleAt(g.URL + "/")
+}
+
+// openConsoleAt loads the console page from url and waits for its script.
+func (b *browser) openConsoleAt(url string) {
+	b.t.Helper()
+	b.do("loading the console", chromedp.EmulateViewport(1280, 860), chromedp.Navigate(url))
 	b.waitJS("console.js to run", `document.documentElement.dataset.ready === 'true'`)
 }
 
