@@ -22,21 +22,38 @@ import (
 // The last subject is kept, so a batch to one subject allocates it once.
 type entryScanner struct {
 	lastSubject string
-	msgs        []bridge.Msg // allocated a block at a time, see newMsg
+	// blocks are the messages newMsg hands out, msgBlock to a block;
+	// used counts those handed out. reset keeps the blocks for the next
+	// batch.
+	blocks [][]bridge.Msg
+	used   int
 }
 
 // newMsg is a zero message from a block shared with the batch's next
-// ones: one allocation per msgBlock entries.
+// ones: one allocation per msgBlock entries, none once a reused scanner
+// has blocks enough.
 func (sc *entryScanner) newMsg() *bridge.Msg {
-	if len(sc.msgs) == 0 {
-		sc.msgs = make([]bridge.Msg, msgBlock)
+	b, i := sc.used/msgBlock, sc.used%msgBlock
+	if b == len(sc.blocks) {
+		sc.blocks = append(sc.blocks, make([]bridge.Msg, msgBlock))
 	}
-	m := &sc.msgs[0]
-	sc.msgs = sc.msgs[1:]
-	return m
+	sc.used++
+	return &sc.blocks[b][i]
 }
 
 const msgBlock = 64
+
+// reset zeroes the messages handed out, keeping at most poolEntriesMax
+// of them for the next batch, and forgets the last subject.
+func (sc *entryScanner) reset() {
+	for _, b := range sc.blocks[:(sc.used+msgBlock-1)/msgBlock] {
+		clear(b)
+	}
+	keep := min(len(sc.blocks), poolEntriesMax/msgBlock)
+	clear(sc.blocks[keep:])
+	sc.blocks = sc.blocks[:keep]
+	sc.used, sc.lastSubject = 0, ""
+}
 
 // scan decodes line into wm (and, if msgID is not nil, the key msg_id
 // into it); false means "decode it with encoding/json", into a fresh
