@@ -379,9 +379,7 @@ func (c *Conn) flush() error {
 	if !c.nc.IsConnected() { // a PING now would wait for the reconnect
 		return c.notConnected()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
-	defer cancel()
-	if err := c.nc.FlushWithContext(ctx); err != nil {
+	if err := c.nc.FlushTimeout(c.pool.cfg.ConfirmTimeout); err != nil { // a pooled timer: no context per round
 		return fmt.Errorf("%w: NATS did not confirm: %v", ErrUnavailable, err)
 	}
 	// Every -ERR the server sent before its PONG was recorded by the
