@@ -68,7 +68,7 @@ func (sc *entryScanner) scan(line []byte, wm *wireMsg, msgID *string) bool {
 		return skipSpace(line, i+1) == len(line)
 	}
 	for {
-		key, next, ok := plainString(line, i)
+		key, next, _, ok := plainString(line, i)
 		if !ok {
 			return false
 		}
@@ -158,7 +158,7 @@ func (sc *entryScanner) stringValue(line []byte, i int, key string) (s string, p
 	if bytes.HasPrefix(line[i:], []byte("null")) {
 		return "", nil, true, i + 4, true
 	}
-	raw, next, ok := plainString(line, i)
+	raw, next, ascii, ok := plainString(line, i)
 	switch {
 	case !ok:
 		end := quotedEnd(line, i)
@@ -167,7 +167,7 @@ func (sc *entryScanner) stringValue(line []byte, i int, key string) (s string, p
 		}
 		s, ok = unquoteJSON(line[i:end])
 		return s, nil, false, end, ok
-	case !utf8.Valid(raw):
+	case !ascii && !utf8.Valid(raw):
 		return "", nil, false, 0, false
 	case key == "data":
 		return "", raw, false, next, true
@@ -188,20 +188,24 @@ func unquoteJSON(q []byte) (string, bool) {
 }
 
 // plainString reads a string without escapes or control characters at
-// line[i:]: its contents and the index after its closing quote.
-func plainString(line []byte, i int) (contents []byte, next int, ok bool) {
+// line[i:]: its contents, the index after its closing quote, and whether
+// it is all ASCII (so valid UTF-8 without a second look).
+func plainString(line []byte, i int) (contents []byte, next int, ascii, ok bool) {
 	if i >= len(line) || line[i] != '"' {
-		return nil, 0, false
+		return nil, 0, false, false
 	}
+	var high byte
 	for j := i + 1; j < len(line); j++ {
 		switch c := line[j]; {
 		case c == '"':
-			return line[i+1 : j], j + 1, true
+			return line[i+1 : j], j + 1, high < utf8.RuneSelf, true
 		case c == '\\' || c < ' ':
-			return nil, 0, false
+			return nil, 0, false, false
+		default:
+			high |= c
 		}
 	}
-	return nil, 0, false
+	return nil, 0, false, false
 }
 
 // quotedEnd is the index after the string (escapes allowed) that starts
