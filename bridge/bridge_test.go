@@ -275,7 +275,8 @@ func TestPermissionViolationsAreForbidden(t *testing.T) {
 	if err := c.Publish(ctx, &Msg{Subject: "orders.us"}, 0); err != nil {
 		t.Fatalf("allowed publish after a denied one: %v", err)
 	}
-	errs := c.PublishBatch(ctx, []*Msg{{Subject: "orders.a"}, {Subject: "billing.b"}, {Subject: "orders.c"}}, 0)
+	errs := make([]error, 3)
+	c.PublishBatch(ctx, []*Msg{{Subject: "orders.a"}, {Subject: "billing.b"}, {Subject: "orders.c"}}, errs, 0)
 	if errs[0] != nil || !errors.Is(errs[1], ErrForbidden) || errs[2] != nil {
 		t.Fatalf("batch = %v, want [nil forbidden nil]", errs)
 	}

@@ -229,10 +229,10 @@ func (c *Conn) Publish(ctx context.Context, m *Msg, maxSubject int) error {
 	return c.confirmSent(ctx, p)
 }
 
-// PublishBatch publishes every valid message and confirms them all with
-// one round trip. errs[i] is nil when msgs[i] reached the server.
-func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (errs []error) {
-	errs = make([]error, len(msgs))
+// PublishBatch publishes every message whose errs entry is nil and
+// confirms them all with one round trip: errs[i] stays nil when msgs[i]
+// reached the server. An entry's error already set is left as it is.
+func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, errs []error, maxSubject int) {
 	// One snapshot before the first publish serves every message, and so
 	// do one look at the connection and its payload limit: a connection
 	// lost midway fails the publishes after it in nats.go.
@@ -240,6 +240,9 @@ func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (e
 	connected, maxPayload := c.nc.IsConnected(), c.nc.MaxPayload()
 	anySent, valid := false, ""
 	for i, m := range msgs {
+		if errs[i] != nil {
+			continue
+		}
 		if errs[i] = checkMsg(m, maxSubject, maxPayload, valid); errs[i] == nil {
 			if valid = m.Subject; !connected {
 				errs[i] = c.notConnected()
@@ -250,7 +253,7 @@ func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (e
 		anySent = anySent || errs[i] == nil
 	}
 	if !anySent {
-		return errs
+		return
 	}
 	after, cerr := c.confirm(ctx)
 	for i, m := range msgs {
@@ -258,7 +261,6 @@ func (c *Conn) PublishBatch(ctx context.Context, msgs []*Msg, maxSubject int) (e
 			errs[i] = c.outcome(after, cerr, sent{subject: m.Subject, reply: m.Reply, seq: seq, rc: rc})
 		}
 	}
-	return errs
 }
 
 // PublishAsync sends a message without waiting for the server; a
@@ -377,9 +379,7 @@ func (c *Conn) flush() error {
 	if !c.nc.IsConnected() { // a PING now would wait for the reconnect
 		return c.notConnected()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.pool.cfg.ConfirmTimeout)
-	defer cancel()
-	if err := c.nc.FlushWithContext(ctx); err != nil {
+	if err := c.nc.FlushTimeout(c.pool.cfg.ConfirmTimeout); err != nil { // a pooled timer: no context per round
 		return fmt.Errorf("%w: NATS did not confirm: %v", ErrUnavailable, err)
 	}
 	// Every -ERR the server sent before its PONG was recorded by the
@@ -710,6 +710,8 @@ func (c *Conn) outcome(after uint64, err error, p sent) error {
 		return err
 	case after != p.rc:
 		return errLostInReconnect
+	case c.perms.seq() == p.seq: // no violation since it was sent
+		return nil
 	}
 	return c.perms.publishDenied(p.seq, p.subject, p.reply)
 }

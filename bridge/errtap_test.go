@@ -335,7 +335,8 @@ func testVerdictsUnderBadHeaderFlood(t *testing.T, e *Embedded, cfg Config) {
 
 	var badBatch, subOK, reqWrong int
 	for range 50 {
-		errs := c.PublishBatch(ctx, []*Msg{{Subject: "open"}, {Subject: "secret"}, {Subject: "open"}}, 0)
+		errs := make([]error, 3)
+		c.PublishBatch(ctx, []*Msg{{Subject: "open"}, {Subject: "secret"}, {Subject: "open"}}, errs, 0)
 		if errs[0] != nil || !errors.Is(errs[1], ErrForbidden) || errs[2] != nil {
 			badBatch++
 			t.Logf("batch = %v, want [nil forbidden nil]", errs)

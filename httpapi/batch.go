@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"mime"
 	"net/http"
+	"slices"
+	"sync"
 
 	"github.com/natsgate/natsgate/bridge"
 )
@@ -79,18 +81,21 @@ type batchResult struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// readBatch reads an NDJSON batch body (see checkBatchType): one JSON
-// entry per line, blank lines skipped, at most MaxBatchEntries entries in
-// at most MaxBatchBytes; the one parser of both batch kinds. parse turns a
-// line into a message; an entry it refuses is that entry's error
-// (errs[i]), not the batch's, and msgs[i] is then an empty message.
-func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, parse func(line []byte) (*bridge.Msg, error)) (msgs []*bridge.Msg, errs []error, err error) {
-	body, err := s.readBody(w, r, s.cfg.MaxBatchBytes)
+// readBatch reads an NDJSON batch body (see checkBatchType) into mem:
+// one JSON entry per line, blank lines skipped, at most MaxBatchEntries
+// entries in at most MaxBatchBytes; the one parser of both batch kinds.
+// parse turns a line into a message; an entry it refuses is that entry's
+// error (mem.errs[i]), not the batch's, and mem.msgs[i] is then an empty
+// message.
+func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, mem *batchMem, parse func(line []byte) (*bridge.Msg, error)) error {
+	body, err := s.readBodyInto(w, r, s.cfg.MaxBatchBytes, mem.body[:0])
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
+	mem.body = body
 	n := min(bytes.Count(body, []byte("\n"))+1, s.cfg.MaxBatchEntries)
-	msgs, errs = make([]*bridge.Msg, 0, n), make([]error, 0, n)
+	msgs, errs := slices.Grow(mem.msgs[:0], n), slices.Grow(mem.errs[:0], n)
+	defer func() { mem.msgs, mem.errs = msgs, errs }()
 	for rest := body; len(rest) > 0; {
 		line := rest
 		if i := bytes.IndexByte(rest, '\n'); i >= 0 {
@@ -102,7 +107,7 @@ func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, parse func(li
 			continue
 		}
 		if len(msgs) == s.cfg.MaxBatchEntries {
-			return nil, nil, badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries)
+			return badRequest("more than %d entries in one batch", s.cfg.MaxBatchEntries)
 		}
 		m, err := parse(line)
 		if m == nil {
@@ -111,25 +116,71 @@ func (s *Server) readBatch(w http.ResponseWriter, r *http.Request, parse func(li
 		msgs, errs = append(msgs, m), append(errs, err)
 	}
 	if len(msgs) == 0 {
-		return nil, nil, badRequest("empty batch: send one JSON entry per line")
+		return badRequest("empty batch: send one JSON entry per line")
 	}
-	return msgs, errs, nil
+	return nil
+}
+
+// batchMem is a batch request's memory: its body, its entries and their
+// errors, and the scanner's messages. The core batch handler takes one
+// from batchPool and puts it back once it has answered, when nothing
+// refers to the body or the messages any more (nats.go copies what it
+// publishes), so a busy gateway reads batches without allocating.
+type batchMem struct {
+	body []byte
+	msgs []*bridge.Msg
+	errs []error
+	sc   entryScanner
+}
+
+var batchPool = sync.Pool{New: func() any { return new(batchMem) }}
+
+// Past these a batch's memory is not kept for the next one: a rare huge
+// batch should not stay in every pooled batchMem.
+const (
+	poolBodyMax    = 1 << 20
+	poolEntriesMax = 4096
+)
+
+// put clears mem (the entries' errors and messages hold on to other
+// memory) and returns it to batchPool.
+func (mem *batchMem) put() {
+	clear(mem.msgs)
+	clear(mem.errs)
+	mem.sc.reset()
+	if cap(mem.body) > poolBodyMax {
+		mem.body = nil
+	}
+	if cap(mem.msgs) > poolEntriesMax {
+		mem.msgs, mem.errs = nil, nil
+	}
+	batchPool.Put(mem)
 }
 
 // batchIn is a batch read and checked: its token's connection (the
-// caller releases it), every entry with its error, and the valid entries
-// with, in at, their indexes among all.
+// caller releases it), and every entry with its error, in mem.
 type batchIn struct {
-	c     *bridge.Conn
-	msgs  []*bridge.Msg
-	errs  []error
-	valid []*bridge.Msg
-	at    []int
+	c    *bridge.Conn
+	msgs []*bridge.Msg
+	errs []error
+}
+
+// validEntries is the entries without an error, with, in at, their
+// indexes among all.
+func (b *batchIn) validEntries() (valid []*bridge.Msg, at []int) {
+	valid, at = make([]*bridge.Msg, 0, len(b.msgs)), make([]int, 0, len(b.msgs))
+	for i, m := range b.msgs {
+		if b.errs[i] == nil {
+			valid, at = append(valid, m), append(at, i)
+		}
+	}
+	return valid, at
 }
 
 // openBatch is the prologue both batch kinds share: the token, the
-// Content-Type, the connection and the entries, parsed by parse.
-func (s *Server) openBatch(w http.ResponseWriter, r *http.Request, parse func(line []byte) (*bridge.Msg, error)) (*batchIn, error) {
+// Content-Type, the connection and the entries, read into mem and parsed
+// by parse.
+func (s *Server) openBatch(w http.ResponseWriter, r *http.Request, mem *batchMem, parse func(line []byte) (*bridge.Msg, error)) (*batchIn, error) {
 	tok, err := s.bearer(r)
 	if err != nil {
 		return nil, err
@@ -141,18 +192,11 @@ func (s *Server) openBatch(w http.ResponseWriter, r *http.Request, parse func(li
 	if err != nil {
 		return nil, err
 	}
-	msgs, errs, err := s.readBatch(w, r, parse)
-	if err != nil {
+	if err := s.readBatch(w, r, mem, parse); err != nil {
 		c.Release()
 		return nil, err
 	}
-	b := &batchIn{c: c, msgs: msgs, errs: errs, valid: make([]*bridge.Msg, 0, len(msgs)), at: make([]int, 0, len(msgs))}
-	for i, m := range msgs {
-		if errs[i] == nil {
-			b.valid, b.at = append(b.valid, m), append(b.at, i)
-		}
-	}
-	return b, nil
+	return &batchIn{c: c, msgs: mem.msgs, errs: mem.errs}, nil
 }
 
 // checkBatchType refuses a batch body that does not say it is NDJSON.
@@ -187,16 +231,15 @@ func decodeEntry(line []byte) (*bridge.Msg, error) {
 // with a result per entry. Bad entries do not stop good ones.
 func (s *Server) handlePublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		var sc entryScanner
-		b, err := s.openBatch(w, r, sc.parseEntry)
+		mem := batchPool.Get().(*batchMem)
+		defer mem.put()
+		b, err := s.openBatch(w, r, mem, mem.sc.parseEntry)
 		if err != nil {
 			return err
 		}
 		defer b.c.Release()
-		c, msgs, errs, valid, at := b.c, b.msgs, b.errs, b.valid, b.at
-		for j, err := range c.PublishBatch(r.Context(), valid, s.cfg.MaxSubjectLen) {
-			errs[at[j]] = err
-		}
+		c, msgs, errs := b.c, b.msgs, b.errs
+		c.PublishBatch(r.Context(), msgs, errs, s.cfg.MaxSubjectLen)
 		failed, unavailable := 0, 0
 		for _, err := range errs {
 			if err != nil {

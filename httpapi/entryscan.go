@@ -22,21 +22,38 @@ import (
 // The last subject is kept, so a batch to one subject allocates it once.
 type entryScanner struct {
 	lastSubject string
-	msgs        []bridge.Msg // allocated a block at a time, see newMsg
+	// blocks are the messages newMsg hands out, msgBlock to a block;
+	// used counts those handed out. reset keeps the blocks for the next
+	// batch.
+	blocks [][]bridge.Msg
+	used   int
 }
 
 // newMsg is a zero message from a block shared with the batch's next
-// ones: one allocation per msgBlock entries.
+// ones: one allocation per msgBlock entries, none once a reused scanner
+// has blocks enough.
 func (sc *entryScanner) newMsg() *bridge.Msg {
-	if len(sc.msgs) == 0 {
-		sc.msgs = make([]bridge.Msg, msgBlock)
+	b, i := sc.used/msgBlock, sc.used%msgBlock
+	if b == len(sc.blocks) {
+		sc.blocks = append(sc.blocks, make([]bridge.Msg, msgBlock))
 	}
-	m := &sc.msgs[0]
-	sc.msgs = sc.msgs[1:]
-	return m
+	sc.used++
+	return &sc.blocks[b][i]
 }
 
 const msgBlock = 64
+
+// reset zeroes the messages handed out, keeping at most poolEntriesMax
+// of them for the next batch, and forgets the last subject.
+func (sc *entryScanner) reset() {
+	for _, b := range sc.blocks[:(sc.used+msgBlock-1)/msgBlock] {
+		clear(b)
+	}
+	keep := min(len(sc.blocks), poolEntriesMax/msgBlock)
+	clear(sc.blocks[keep:])
+	sc.blocks = sc.blocks[:keep]
+	sc.used, sc.lastSubject = 0, ""
+}
 
 // scan decodes line into wm (and, if msgID is not nil, the key msg_id
 // into it); false means "decode it with encoding/json", into a fresh
@@ -51,7 +68,7 @@ func (sc *entryScanner) scan(line []byte, wm *wireMsg, msgID *string) bool {
 		return skipSpace(line, i+1) == len(line)
 	}
 	for {
-		key, next, ok := plainString(line, i)
+		key, next, _, ok := plainString(line, i)
 		if !ok {
 			return false
 		}
@@ -141,7 +158,7 @@ func (sc *entryScanner) stringValue(line []byte, i int, key string) (s string, p
 	if bytes.HasPrefix(line[i:], []byte("null")) {
 		return "", nil, true, i + 4, true
 	}
-	raw, next, ok := plainString(line, i)
+	raw, next, ascii, ok := plainString(line, i)
 	switch {
 	case !ok:
 		end := quotedEnd(line, i)
@@ -150,7 +167,7 @@ func (sc *entryScanner) stringValue(line []byte, i int, key string) (s string, p
 		}
 		s, ok = unquoteJSON(line[i:end])
 		return s, nil, false, end, ok
-	case !utf8.Valid(raw):
+	case !ascii && !utf8.Valid(raw):
 		return "", nil, false, 0, false
 	case key == "data":
 		return "", raw, false, next, true
@@ -171,20 +188,24 @@ func unquoteJSON(q []byte) (string, bool) {
 }
 
 // plainString reads a string without escapes or control characters at
-// line[i:]: its contents and the index after its closing quote.
-func plainString(line []byte, i int) (contents []byte, next int, ok bool) {
+// line[i:]: its contents, the index after its closing quote, and whether
+// it is all ASCII (so valid UTF-8 without a second look).
+func plainString(line []byte, i int) (contents []byte, next int, ascii, ok bool) {
 	if i >= len(line) || line[i] != '"' {
-		return nil, 0, false
+		return nil, 0, false, false
 	}
+	var high byte
 	for j := i + 1; j < len(line); j++ {
 		switch c := line[j]; {
 		case c == '"':
-			return line[i+1 : j], j + 1, true
+			return line[i+1 : j], j + 1, high < utf8.RuneSelf, true
 		case c == '\\' || c < ' ':
-			return nil, 0, false
+			return nil, 0, false, false
+		default:
+			high |= c
 		}
 	}
-	return nil, 0, false
+	return nil, 0, false, false
 }
 
 // quotedEnd is the index after the string (escapes allowed) that starts

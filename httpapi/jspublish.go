@@ -118,12 +118,13 @@ type storedResult struct {
 func (s *Server) handleJSPublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
 		var sc entryScanner
-		b, err := s.openBatch(w, r, sc.parseStoredEntry)
+		b, err := s.openBatch(w, r, new(batchMem), sc.parseStoredEntry)
 		if err != nil {
 			return err
 		}
 		defer b.c.Release()
-		c, msgs, errs, valid, at := b.c, b.msgs, b.errs, b.valid, b.at
+		c, msgs, errs := b.c, b.msgs, b.errs
+		valid, at := b.validEntries()
 		acks := make([]*bridge.PubAck, len(msgs))
 		for j, res := range c.PublishStoredBatch(r.Context(), valid, s.cfg.MaxSubjectLen) {
 			acks[at[j]], errs[at[j]] = res.Ack, res.Err

@@ -1,12 +1,14 @@
 package httpapi
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -77,23 +79,28 @@ func natsHeaders(h http.Header) (map[string][]string, error) {
 // readBody reads a request body of at most limit bytes. (A slow body is
 // the http.Server's ReadTimeout's to cut off.)
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	return s.readBodyInto(w, r, limit, []byte{})
+}
+
+// readBodyInto is readBody appending to buf, whose memory it reuses when
+// the body fits.
+func (s *Server) readBodyInto(w http.ResponseWriter, r *http.Request, limit int64, buf []byte) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, fmt.Errorf("%w: body of %d bytes, limit %d", bridge.ErrPayloadTooLarge, r.ContentLength, limit)
 	}
-	var (
-		b   []byte
-		err error
-	)
-	if r.ContentLength >= 0 { // the usual case: read exactly that much, in one allocation (net/http stops the body there)
-		b = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(r.Body, b)
+	var err error
+	if n := int(r.ContentLength); n >= 0 { // the usual case: read exactly that much (net/http stops the body there)
+		buf = slices.Grow(buf, n)[:len(buf)+n]
+		_, err = io.ReadFull(r.Body, buf[len(buf)-n:])
 	} else {
-		b, err = io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+		b := bytes.NewBuffer(buf)
+		_, err = b.ReadFrom(http.MaxBytesReader(w, r.Body, limit))
+		buf = b.Bytes()
 	}
 	if err != nil {
 		return nil, bodyError(err, limit)
 	}
-	return b, nil
+	return buf, nil
 }
 
 // bodyError is what a failed body read means for the client.
