@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
@@ -18,6 +19,9 @@ import (
 func TestWrkLoad(t *testing.T) {
 	bin, err := exec.LookPath("wrk")
 	if err != nil {
+		if os.Getenv("NATSGATE_REQUIRE_WRK") != "" {
+			t.Fatal("wrk not installed, and NATSGATE_REQUIRE_WRK is set (Debian: apt-get install wrk)")
+		}
 		t.Skip("wrk not installed")
 	}
 	var served, bad atomic.Int64
