@@ -75,7 +75,9 @@ type Gap struct {
 //
 // A reconnect of the token's connection makes the ordered consumer
 // recreate itself from one past the last message Next returned, so
-// nothing is lost or repeated.
+// nothing is lost or repeated; so does a consumer deleted or lost
+// server-side. One that cannot be recreated (its stream deleted) ends
+// the subscription: Next fails.
 //
 // Every subscription holds a consumer of its own. Subscribers of the same
 // token and subject that have caught up could share one, as core
@@ -113,6 +115,15 @@ const (
 // one whose subscription the gateway could not delete (NATS unreachable
 // then, or the gateway gone) is removed by the server after it.
 const consumerInactive = time.Minute
+
+// consumerResets bounds the attempts of an ordered consumer to recreate
+// itself once its consumer is gone (deleted, with its stream or alone;
+// lost with a NATS server that restarted, which missed heartbeats show):
+// nats.go waits 1 s, then 2 s, between them. Unbounded, as nats.go has
+// it by default, a subscription whose stream was deleted would retry
+// forever and deliver nothing, silently; bounded, its Next fails, with
+// ErrNoStream for a deleted stream.
+const consumerResets = 3
 
 // SubscribeStream starts a JetStream subscription on subject (wildcards
 // allowed) from start. The NATS server decides, through the token's own
@@ -172,7 +183,7 @@ func (c *Conn) maySubscribe(ctx context.Context, subject string, maxSubject int)
 // right to it.
 func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int) (*StreamSubscription, error) {
 	s := &StreamSubscription{c: c, stream: info.Config.Name, subject: subject, start: start, stopped: make(chan struct{}), closed: make(chan struct{})}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive, MaxResetAttempts: consumerResets}
 	switch {
 	case start.Seq != 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start.Seq
@@ -252,7 +263,9 @@ func (s *StreamSubscription) Stream() string { return s.stream }
 func (s *StreamSubscription) Gap() *Gap { return s.gap }
 
 // Next waits for the subscription's next message. After Stop it fails
-// with ErrClosed; when the token's connection closed, with ErrUnavailable.
+// with ErrClosed; when the token's connection closed, with ErrUnavailable;
+// when the stream was deleted, with ErrNoStream; when its consumer could
+// not be recreated (consumerResets), with what the server answered.
 // Only the subscription's owner calls it.
 func (s *StreamSubscription) Next() (*Msg, error) {
 	for {
@@ -270,7 +283,11 @@ func (s *StreamSubscription) Next() (*Msg, error) {
 				}
 				return nil, ErrClosed
 			}
-			return nil, mapJSError(err)
+			err = mapJSError(err)
+			if errors.Is(err, ErrNoStream) {
+				err = fmt.Errorf("%w: stream %s was deleted", ErrNoStream, s.stream)
+			}
+			return nil, err
 		}
 		md, err := jm.Metadata()
 		if err != nil {

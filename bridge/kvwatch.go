@@ -121,8 +121,8 @@ func (c *Conn) WatchKV(ctx context.Context, bucket string, o KVWatchOptions) (*K
 // Next waits for the watch's next entry. Once, when every entry that was
 // current as the watch started has been returned (at once for a bucket
 // with none, and for KVIncludeUpdatesOnly), it returns caughtUp true and
-// no entry instead. Its errors are StreamSubscription.Next's. Only the
-// watch's owner calls it.
+// no entry instead. Its errors are StreamSubscription.Next's, a deleted
+// bucket ErrNoBucket. Only the watch's owner calls it.
 func (w *KVWatch) Next() (e *KVEntry, caughtUp bool, err error) {
 	for {
 		if !w.current && w.Pending() == 0 {
@@ -130,6 +130,9 @@ func (w *KVWatch) Next() (e *KVEntry, caughtUp bool, err error) {
 			return nil, true, nil
 		}
 		m, err := w.StreamSubscription.Next()
+		if errors.Is(err, ErrNoStream) {
+			return nil, false, fmt.Errorf("%w: bucket %s was deleted", ErrNoBucket, w.bucket)
+		}
 		if err != nil {
 			return nil, false, err
 		}

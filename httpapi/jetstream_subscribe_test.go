@@ -902,3 +902,73 @@ func TestJetStreamStalledClientIsClosedAndResumes(t *testing.T) {
 		}
 	}
 }
+
+// streamEnds waits for an HTTP stream to end.
+func streamEnds(t testing.TB, s *sseStream) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				return
+			}
+			if l != "" && l != ": keep-alive" {
+				t.Fatalf("line %q after the stream's last notice", l)
+			}
+		case <-timeout:
+			t.Fatal("the stream did not end")
+		}
+	}
+}
+
+// TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted deletes the stream
+// under a subscription on each transport: the client is told (404; on
+// SSE a comment, as its other errors), the HTTP streams end, and no
+// consumer is left.
+func TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream)
+	js := g.jsAdmin()
+	t.Run("transports", func(t *testing.T) {
+		for _, transport := range transports {
+			t.Run(transport, func(t *testing.T) {
+				t.Parallel()
+				name, subject := "GONE_"+strings.ToUpper(transport), "gone"+transport
+				mkStream(t, js, jetstream.StreamConfig{Name: name, Subjects: []string{subject + ".>"}})
+				store(t, js, subject+".x", 1, 2, 0)
+				r := g.jsSub(t, transport, adminToken, subject+".>", "deliver=all", map[string]any{"deliver": "all"})
+				wantSeqs(t, r, name, 1, 2)
+				if err := js.DeleteStream(context.Background(), name); err != nil {
+					t.Fatal(err)
+				}
+				end := r.next(t)
+				msg := "no such stream: stream " + name + " was deleted"
+				switch r := r.(type) {
+				case sseReader:
+					if end["comment"] != msg {
+						t.Fatalf("got %v, want the comment %q", end, msg)
+					}
+					streamEnds(t, r.s)
+				case ndjsonReader:
+					if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg {
+						t.Fatalf("got %v, want a 404 error notice", end)
+					}
+					streamEnds(t, r.s)
+				case wsReader:
+					if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg || end["id"] != nil {
+						t.Fatalf("got %v, want a 404 error frame for sid s1", end)
+					}
+				}
+			})
+		}
+	})
+	waitFor(t, "the feeds to end", func() bool { return metricValue(t, g, "natsgate_jetstream_subscriptions") == 0 })
+	ai, err := js.AccountInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ai.Consumers != 0 {
+		t.Fatalf("%d consumers left", ai.Consumers)
+	}
+}
