@@ -972,3 +972,52 @@ func TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted(t *testing.T) {
 		t.Fatalf("%d consumers left", ai.Consumers)
 	}
 }
+
+// TestEndedFeedsFreeTheirSids ends a JetStream subscription and a watch
+// by deleting their stream and bucket, in a session allowed two
+// subscriptions: once told, the client makes new ones with the same sids,
+// and has its two places, without an unsub.
+func TestEndedFeedsFreeTheirSids(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream, func(o *gatewayOptions) { o.cfg.WS.MaxSubscriptions = 2 })
+	js := g.jsAdmin()
+	mkStream(t, js, jetstream.StreamConfig{Name: "FREED", Subjects: []string{"freed.>"}})
+	store(t, js, "freed.x", 1, 1, 0)
+	g.mkBucket("freed", "")
+	if resp, body := g.do("PUT", "/v1/kv/freed/a", adminToken, strings.NewReader("1")); resp.StatusCode != 200 {
+		t.Fatalf("put: %d %s", resp.StatusCode, body)
+	}
+	w := g.dialWS(adminToken)
+	w.next("connected")
+	w.send(map[string]any{"op": "sub", "sid": "s1", "subject": "freed.>", "deliver": "all"})
+	w.next("ok")
+	w.next("msg")
+	w.send(map[string]any{"op": "watch", "sid": "w1", "bucket": "freed"})
+	w.next("ok")
+	w.next("kv")
+	if err := js.DeleteStream(context.Background(), "FREED"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := g.do("DELETE", "/v1/kvm/buckets/freed", adminToken, nil); resp.StatusCode != 204 {
+		t.Fatalf("deleting the bucket: %d %s", resp.StatusCode, body)
+	}
+	for range 2 {
+		if f := w.next("error"); f["status"] != float64(404) || f["sid"] != "s1" && f["sid"] != "w1" {
+			t.Fatalf("got %v, want a 404 for s1 or w1", f)
+		}
+	}
+	mkStream(t, js, jetstream.StreamConfig{Name: "FREED2", Subjects: []string{"freed.>"}})
+	g.mkBucket("freed2", "")
+	w.send(map[string]any{"op": "sub", "sid": "s1", "subject": "freed.>", "deliver": "all", "id": "a"})
+	w.send(map[string]any{"op": "watch", "sid": "w1", "bucket": "freed2", "id": "b"})
+	for _, id := range []string{"a", "b"} {
+		if f := w.next("ok", "error"); f["op"] != "ok" || f["id"] != id {
+			t.Fatalf("got %v, want ok for %s", f, id)
+		}
+	}
+	w.send(map[string]any{"op": "sub", "sid": "s3", "subject": "core.x", "id": "c"})
+	if f := w.next("error"); f["status"] != float64(429) || f["id"] != "c" {
+		t.Fatalf("got %v, want 429: the two places are taken again", f)
+	}
+	waitFor(t, "two subscriptions counted", func() bool { return metricValue(t, g, "natsgate_subscriptions") == 2 })
+}
