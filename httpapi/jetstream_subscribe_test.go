@@ -922,6 +922,53 @@ func streamEnds(t testing.TB, s *sseStream) {
 	}
 }
 
+// wantEnded reads the end of a feed whose stream (bucket) went: a 404
+// with msg, as an SSE comment, an NDJSON error notice or a WebSocket
+// error frame for the feed's sid; the HTTP streams then end.
+func wantEnded(t testing.TB, r jsReader, msg string) {
+	t.Helper()
+	end := r.next(t)
+	switch r.(type) {
+	case sseReader, kvSSEReader:
+		if end["comment"] != msg {
+			t.Fatalf("got %v, want the comment %q", end, msg)
+		}
+	case wsReader, kvWSReader:
+		if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg || end["id"] != nil {
+			t.Fatalf("got %v, want a 404 error frame saying %q", end, msg)
+		}
+		return
+	case ndjsonReader:
+		if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg {
+			t.Fatalf("got %v, want a 404 error notice saying %q", end, msg)
+		}
+	}
+	var s *sseStream
+	switch r := r.(type) {
+	case sseReader:
+		s = r.s
+	case kvSSEReader:
+		s = r.s
+	case ndjsonReader:
+		s = r.s
+	}
+	streamEnds(t, s)
+}
+
+// wantFeedsGone waits for the gateway's feeds to end and checks that
+// the account holds no consumer.
+func wantFeedsGone(t testing.TB, g *gateway) {
+	t.Helper()
+	waitFor(t, "the feeds to end", func() bool { return metricValue(t, g, "natsgate_jetstream_subscriptions") == 0 })
+	ai, err := g.jsAdmin().AccountInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ai.Consumers != 0 {
+		t.Fatalf("%d consumers left", ai.Consumers)
+	}
+}
+
 // TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted deletes the stream
 // under a subscription on each transport: the client is told (404; on
 // SSE a comment, as its other errors), the HTTP streams end, and no
@@ -942,35 +989,11 @@ func TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted(t *testing.T) {
 				if err := js.DeleteStream(context.Background(), name); err != nil {
 					t.Fatal(err)
 				}
-				end := r.next(t)
-				msg := "no such stream: stream " + name + " was deleted"
-				switch r := r.(type) {
-				case sseReader:
-					if end["comment"] != msg {
-						t.Fatalf("got %v, want the comment %q", end, msg)
-					}
-					streamEnds(t, r.s)
-				case ndjsonReader:
-					if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg {
-						t.Fatalf("got %v, want a 404 error notice", end)
-					}
-					streamEnds(t, r.s)
-				case wsReader:
-					if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg || end["id"] != nil {
-						t.Fatalf("got %v, want a 404 error frame for sid s1", end)
-					}
-				}
+				wantEnded(t, r, "no such stream: stream "+name+" was deleted")
 			})
 		}
 	})
-	waitFor(t, "the feeds to end", func() bool { return metricValue(t, g, "natsgate_jetstream_subscriptions") == 0 })
-	ai, err := js.AccountInfo(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ai.Consumers != 0 {
-		t.Fatalf("%d consumers left", ai.Consumers)
-	}
+	wantFeedsGone(t, g)
 }
 
 // TestEndedFeedsFreeTheirSids ends a JetStream subscription and a watch

@@ -747,33 +747,9 @@ func TestKVWatchEndsWhenItsBucketIsDeleted(t *testing.T) {
 				if resp, body := g.do("DELETE", "/v1/kvm/buckets/"+bucket, adminToken, nil); resp.StatusCode != 204 {
 					t.Fatalf("deleting the bucket: %d %s", resp.StatusCode, body)
 				}
-				end := r.next(t)
-				msg := "no such key-value bucket: bucket " + bucket + " was deleted"
-				switch r := r.(type) {
-				case kvSSEReader:
-					if end["comment"] != msg {
-						t.Fatalf("got %v, want the comment %q", end, msg)
-					}
-					streamEnds(t, r.s)
-				case ndjsonReader:
-					if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg {
-						t.Fatalf("got %v, want a 404 error notice", end)
-					}
-					streamEnds(t, r.s)
-				case kvWSReader:
-					if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg {
-						t.Fatalf("got %v, want a 404 error frame for sid w1", end)
-					}
-				}
+				wantEnded(t, r, "no such key-value bucket: bucket "+bucket+" was deleted")
 			})
 		}
 	})
-	waitFor(t, "the watches to end", func() bool { return metricValue(t, g, "natsgate_jetstream_subscriptions") == 0 })
-	ai, err := g.jsAdmin().AccountInfo(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ai.Consumers != 0 {
-		t.Fatalf("%d consumers left", ai.Consumers)
-	}
+	wantFeedsGone(t, g)
 }
