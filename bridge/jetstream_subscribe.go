@@ -180,10 +180,13 @@ func (c *Conn) maySubscribe(ctx context.Context, subject string, maxSubject int)
 
 // subscribeOn starts a JetStream subscription of subject on the stream
 // info describes, the caller having checked the subject and the token's
-// right to it.
-func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int) (*StreamSubscription, error) {
+// right to it. tune, if given, amends the consumer's configuration.
+func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int, tune ...func(*jetstream.OrderedConsumerConfig)) (*StreamSubscription, error) {
 	s := &StreamSubscription{c: c, stream: info.Config.Name, subject: subject, start: start, stopped: make(chan struct{}), closed: make(chan struct{})}
 	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive, MaxResetAttempts: consumerResets}
+	for _, f := range tune {
+		f(&cfg)
+	}
 	switch {
 	case start.Seq != 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start.Seq

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -603,7 +604,9 @@ func (s *Server) handleKVBucketDelete() http.HandlerFunc {
 }
 
 // handleKVKeys handles "GET /v1/kvm/buckets/{bucket}/keys[?filter=a.>]":
-// the keys with a value, sorted; filter may be repeated.
+// the keys with a value, as a JSON array (keysWriter); filter may be
+// repeated. An error before the first key is problem+json; one after
+// cuts the response short.
 func (s *Server) handleKVKeys() http.HandlerFunc {
 	return s.kvHandler("keys", func(w http.ResponseWriter, r *http.Request, _ *string) error {
 		tok, bucket, _, err := s.kvTarget(r, false)
@@ -624,14 +627,100 @@ func (s *Server) handleKVKeys() http.HandlerFunc {
 			return err
 		}
 		defer done()
-		keys, err := c.KVKeys(ctx, bucket, filters...)
-		if err != nil {
+		kw := &keysWriter{w: w, write: s.flushingWriter(w)}
+		if err := c.KVKeys(ctx, bucket, filters, kw.add); err != nil {
+			if kw.streaming {
+				panic(http.ErrAbortHandler) // the client sees the body cut short
+			}
 			return err
 		}
+		kw.end()
+		return nil
+	})
+}
+
+// keysSorted bounds the keys a listing sorts: as many as make this many
+// bytes of JSON. Keys that fit are answered sorted, in one piece; beyond,
+// the answer streams out as the keys come, in the bucket's order (by
+// their last revision), so a listing holds little whatever the bucket
+// holds.
+const keysSorted = 64 << 10
+
+// keysFlush is how much streamed JSON is held back before it is written
+// and flushed.
+const keysFlush = 32 << 10
+
+// errClientGone stops a listing whose client no longer takes it.
+var errClientGone = errors.New("the client went away")
+
+// keysWriter answers a key listing, fed by bridge.Conn.KVKeys.
+type keysWriter struct {
+	w         http.ResponseWriter
+	write     func([]byte) bool
+	keys      []string // until streaming
+	size      int      // their JSON's size
+	streaming bool
+	buf       bytes.Buffer // streamed JSON not yet written
+	enc       *json.Encoder
+}
+
+func (k *keysWriter) add(key string) error {
+	if !k.streaming {
+		k.keys = append(k.keys, key)
+		if k.size += len(key) + len(`"",`); k.size <= keysSorted {
+			return nil
+		}
+		k.streaming = true
+		k.w.Header().Set("Content-Type", "application/json")
+		k.w.WriteHeader(http.StatusOK)
+		k.enc = json.NewEncoder(&k.buf)
+		k.enc.SetEscapeHTML(false) // as writeJSON
+		k.buf.WriteByte('[')
+		for i, key := range k.keys {
+			k.append(i > 0, key)
+		}
+		k.keys = nil
+	} else {
+		k.append(true, key)
+	}
+	if k.buf.Len() < keysFlush {
+		return nil
+	}
+	return k.flush()
+}
+
+// append adds a key to the streamed JSON.
+func (k *keysWriter) append(comma bool, key string) {
+	if comma {
+		k.buf.WriteByte(',')
+	}
+	_ = k.enc.Encode(key)
+	k.buf.Truncate(k.buf.Len() - 1) // Encode's newline
+}
+
+func (k *keysWriter) flush() error {
+	ok := k.write(k.buf.Bytes())
+	k.buf.Reset()
+	if !ok {
+		return errClientGone
+	}
+	return nil
+}
+
+// end finishes the answer once every key was added: the keys sorted, or
+// the streamed array closed.
+func (k *keysWriter) end() {
+	if !k.streaming {
+		slices.Sort(k.keys)
+		keys := slices.Compact(k.keys)
 		if keys == nil {
 			keys = []string{}
 		}
-		writeJSON(w, http.StatusOK, keys)
-		return nil
-	})
+		writeJSON(k.w, http.StatusOK, keys)
+		return
+	}
+	k.buf.WriteString("]\n")
+	_ = k.flush()
+	// The connection may serve further requests: no deadline left on it.
+	_ = http.NewResponseController(k.w).SetWriteDeadline(time.Time{})
 }
