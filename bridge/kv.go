@@ -425,7 +425,7 @@ func (c *Conn) KVKeys(ctx context.Context, bucket string, filters []string, each
 		m, err := sub.Next()
 		switch {
 		case ctx.Err() != nil:
-			return mapJSError(ctx.Err())
+			return fmt.Errorf("%w: the listing stopped: %v", ErrUnavailable, context.Cause(ctx))
 		case err != nil:
 			return err
 		}

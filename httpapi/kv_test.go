@@ -662,7 +662,9 @@ func TestKVKeysStreamsALargeBucket(t *testing.T) {
 	const n = 20000
 	pad := strings.Repeat("x", 990)
 	key := func(i int) string { return fmt.Sprintf("k%05d.%s", i, pad) }
-	storeOn(t, js, func(i int) string { return "$KV.cfg." + key(i) }, 1, n, 0)
+	for from := 1; from <= n; from += 1000 { // at most 1000 acknowledgements outstanding
+		storeOn(t, js, func(i int) string { return "$KV.cfg." + key(i) }, from, from+999, 0)
+	}
 	st := g.kvStream("cfg")
 	client := smallReadBuffer(t)
 	get := func() (*http.Response, []byte) {
