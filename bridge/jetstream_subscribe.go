@@ -88,6 +88,7 @@ type StreamSubscription struct {
 	subject string
 	start   Start // as the consumer was made (DeliverNew as the Seq it meant), for ResumeOn
 	gap     *Gap
+	after   uint64 // the stream sequence the consumer started after (StartsAfter)
 	cons    jetstream.Consumer
 	it      jetstream.MessagesContext
 	// pending is what the consumer held for the subscription beyond the
@@ -218,7 +219,7 @@ func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subj
 	ci := s.cons.CachedInfo()
 	s.gap = findGap(start, info.State, ci)
 	if ci != nil {
-		s.pending = ci.NumPending
+		s.pending, s.after = ci.NumPending, ci.Delivered.Stream
 	}
 	pullBytes := max(PullBytes, int(c.nc.MaxPayload())+maxSubject+16<<10)
 	s.it, err = s.cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(PullBatch, pullBytes))
@@ -264,6 +265,16 @@ func (s *StreamSubscription) Stream() string { return s.stream }
 
 // Gap reports messages missing before the subscription's first one, or nil.
 func (s *StreamSubscription) Gap() *Gap { return s.gap }
+
+// StartsAfter is the stream sequence the subscription starts after, as
+// the server placed its consumer: until Next has returned a message,
+// Start{Seq: after + 1} makes the same subscription again, so a client
+// that comes back before its first message misses none stored meanwhile
+// (which DeliverNew, asked again, would skip). ok is false for
+// DeliverLastPerSubject, which no one sequence describes.
+func (s *StreamSubscription) StartsAfter() (after uint64, ok bool) {
+	return s.after, s.start.Deliver != DeliverLastPerSubject
+}
 
 // Next waits for the subscription's next message. After Stop it fails
 // with ErrClosed; when the token's connection closed, with ErrUnavailable;

@@ -162,6 +162,7 @@ func (r ndjsonReader) next(t testing.TB) map[string]any {
 type wsReader struct {
 	w   *wsClient
 	sid string
+	ok  map[string]any // the sub frame's answer
 }
 
 func (r wsReader) next(t testing.TB) map[string]any {
@@ -222,10 +223,11 @@ func (g *gateway) jsSub(t testing.TB, transport, token, subject, query string, f
 		f[k] = v
 	}
 	w.send(f)
-	if ok := w.next("ok"); ok["sid"] != "s1" {
+	ok := w.next("ok")
+	if ok["sid"] != "s1" {
 		t.Fatalf("sub answered %v", ok)
 	}
-	return wsReader{w: w, sid: "s1"}
+	return wsReader{w: w, sid: "s1", ok: ok}
 }
 
 // wantSeqs reads messages and checks their seqs, stream and payloads.
@@ -251,15 +253,16 @@ func TestJetStreamSubscriptionsStartWhereAsked(t *testing.T) {
 		query  string
 		fields func(third time.Time) map[string]any
 		want   []int
+		after  any // the WebSocket ok's seq: where the subscription starts after
 	}{
-		{"deliver=all", "deliver=all", func(time.Time) map[string]any { return map[string]any{"deliver": "all"} }, []int{1, 2, 3, 4, 5}},
-		{"deliver=last", "deliver=last", func(time.Time) map[string]any { return map[string]any{"deliver": "last"} }, []int{5}},
-		{"deliver=new", "deliver=new", func(time.Time) map[string]any { return map[string]any{"deliver": "new"} }, nil},
-		{"deliver=last_per_subject", "deliver=last_per_subject", func(time.Time) map[string]any { return map[string]any{"deliver": "last_per_subject"} }, []int{4, 5}},
-		{"start_seq", "start_seq=3", func(time.Time) map[string]any { return map[string]any{"start_seq": 3} }, []int{3, 4, 5}},
+		{"deliver=all", "deliver=all", func(time.Time) map[string]any { return map[string]any{"deliver": "all"} }, []int{1, 2, 3, 4, 5}, 0.0},
+		{"deliver=last", "deliver=last", func(time.Time) map[string]any { return map[string]any{"deliver": "last"} }, []int{5}, 4.0},
+		{"deliver=new", "deliver=new", func(time.Time) map[string]any { return map[string]any{"deliver": "new"} }, nil, 5.0},
+		{"deliver=last_per_subject", "deliver=last_per_subject", func(time.Time) map[string]any { return map[string]any{"deliver": "last_per_subject"} }, []int{4, 5}, nil},
+		{"start_seq", "start_seq=3", func(time.Time) map[string]any { return map[string]any{"start_seq": 3} }, []int{3, 4, 5}, 2.0},
 		{"start_time", "", func(third time.Time) map[string]any {
 			return map[string]any{"start_time": third.Format(time.RFC3339Nano)}
-		}, []int{3, 4, 5}},
+		}, []int{3, 4, 5}, 2.0},
 	}
 	n := 0
 	for _, form := range forms {
@@ -282,6 +285,9 @@ func TestJetStreamSubscriptionsStartWhereAsked(t *testing.T) {
 					query = "start_time=" + third.Time.In(time.FixedZone("", 3600)).Format(time.RFC3339Nano)
 				}
 				r := g.jsSub(t, transport, adminToken, prefix+".>", query, form.fields(third.Time))
+				if ws, ok := r.(wsReader); ok && ws.ok["seq"] != form.after {
+					t.Fatalf("sub answered %v, want seq %v", ws.ok, form.after)
+				}
 				wantSeqs(t, r, name, form.want...)
 				storeOn(t, js, subj, 6, 6, 0)
 				m := r.next(t)

@@ -464,11 +464,12 @@ func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 	return 0, ""
 }
 
-// reply sends an ok, or an error frame for err, for a frame's id/sid.
-func (ss *session) reply(f *frame, err error) {
+// reply sends an ok, or an error frame for err, for a frame's id/sid;
+// more are an ok's further fields (`,"seq":7`).
+func (ss *session) reply(f *frame, err error, more ...byte) {
 	var b []byte
 	if err == nil {
-		b = append(b, `{"op":"ok"`...)
+		b = append(append(b, `{"op":"ok"`...), more...)
 	} else {
 		status, _ := classify(err)
 		b = fmt.Appendf(b, `{"op":"error","status":%d,"message":%s`, status, strconv.Quote(err.Error()))
@@ -544,9 +545,11 @@ func (ss *session) addSub(sid string, sub interface{ Close() }) {
 	ss.s.metrics.subscriptions.Inc()
 }
 
-// subStream starts a JetStream subscription: ok, then the gap notice if
-// any, then its messages, paced to the session's reading. A session that
-// reads nothing for SlowConsumerGrace is closed with 1008.
+// subStream starts a JetStream subscription: ok (with the seq it starts
+// after, bridge.StreamSubscription.StartsAfter, where there is one), then
+// the gap notice if any, then its messages, paced to the session's
+// reading. A session that reads nothing for SlowConsumerGrace is closed
+// with 1008.
 func (ss *session) subStream(f *frame, start bridge.Start) {
 	s := ss.s
 	feed, err := s.subscribeStream(ss.context(), ss.conn, f.Subject, start)
@@ -555,7 +558,11 @@ func (ss *session) subStream(f *frame, start bridge.Start) {
 		return
 	}
 	ss.addSub(f.Sid, feed)
-	ss.reply(f, nil)
+	var seq []byte
+	if after, ok := feed.sub.StartsAfter(); ok {
+		seq = strconv.AppendUint([]byte(`,"seq":`), after, 10)
+	}
+	ss.reply(f, nil, seq...)
 	ss.runFeed(f.Sid, feed)
 }
 
