@@ -75,7 +75,9 @@ type Gap struct {
 //
 // A reconnect of the token's connection makes the ordered consumer
 // recreate itself from one past the last message Next returned, so
-// nothing is lost or repeated.
+// nothing is lost or repeated; so does a consumer deleted or lost
+// server-side. One that cannot be recreated (its stream deleted) ends
+// the subscription: Next fails.
 //
 // Every subscription holds a consumer of its own. Subscribers of the same
 // token and subject that have caught up could share one, as core
@@ -86,6 +88,7 @@ type StreamSubscription struct {
 	subject string
 	start   Start // as the consumer was made (DeliverNew as the Seq it meant), for ResumeOn
 	gap     *Gap
+	after   uint64 // the stream sequence the consumer started after (StartsAfter)
 	cons    jetstream.Consumer
 	it      jetstream.MessagesContext
 	// pending is what the consumer held for the subscription beyond the
@@ -113,6 +116,15 @@ const (
 // one whose subscription the gateway could not delete (NATS unreachable
 // then, or the gateway gone) is removed by the server after it.
 const consumerInactive = time.Minute
+
+// consumerResets bounds the attempts of an ordered consumer to recreate
+// itself once its consumer is gone (deleted, with its stream or alone;
+// lost with a NATS server that restarted, which missed heartbeats show):
+// nats.go waits 1 s, then 2 s, between them. Unbounded, as nats.go has
+// it by default, a subscription whose stream was deleted would retry
+// forever and deliver nothing, silently; bounded, its Next fails, with
+// ErrNoStream for a deleted stream.
+const consumerResets = 3
 
 // SubscribeStream starts a JetStream subscription on subject (wildcards
 // allowed) from start. The NATS server decides, through the token's own
@@ -169,10 +181,13 @@ func (c *Conn) maySubscribe(ctx context.Context, subject string, maxSubject int)
 
 // subscribeOn starts a JetStream subscription of subject on the stream
 // info describes, the caller having checked the subject and the token's
-// right to it.
-func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int) (*StreamSubscription, error) {
+// right to it. tune, if given, amends the consumer's configuration.
+func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subject string, start Start, maxSubject int, tune ...func(*jetstream.OrderedConsumerConfig)) (*StreamSubscription, error) {
 	s := &StreamSubscription{c: c, stream: info.Config.Name, subject: subject, start: start, stopped: make(chan struct{}), closed: make(chan struct{})}
-	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive}
+	cfg := jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}, InactiveThreshold: consumerInactive, MaxResetAttempts: consumerResets}
+	for _, f := range tune {
+		f(&cfg)
+	}
 	switch {
 	case start.Seq != 0:
 		cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, start.Seq
@@ -204,7 +219,7 @@ func (c *Conn) subscribeOn(ctx context.Context, info *jetstream.StreamInfo, subj
 	ci := s.cons.CachedInfo()
 	s.gap = findGap(start, info.State, ci)
 	if ci != nil {
-		s.pending = ci.NumPending
+		s.pending, s.after = ci.NumPending, ci.Delivered.Stream
 	}
 	pullBytes := max(PullBytes, int(c.nc.MaxPayload())+maxSubject+16<<10)
 	s.it, err = s.cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(PullBatch, pullBytes))
@@ -251,8 +266,20 @@ func (s *StreamSubscription) Stream() string { return s.stream }
 // Gap reports messages missing before the subscription's first one, or nil.
 func (s *StreamSubscription) Gap() *Gap { return s.gap }
 
+// StartsAfter is the stream sequence the subscription starts after, as
+// the server placed its consumer: until Next has returned a message,
+// Start{Seq: after + 1} makes the same subscription again, so a client
+// that comes back before its first message misses none stored meanwhile
+// (which DeliverNew, asked again, would skip). ok is false for
+// DeliverLastPerSubject, which no one sequence describes.
+func (s *StreamSubscription) StartsAfter() (after uint64, ok bool) {
+	return s.after, s.start.Deliver != DeliverLastPerSubject
+}
+
 // Next waits for the subscription's next message. After Stop it fails
-// with ErrClosed; when the token's connection closed, with ErrUnavailable.
+// with ErrClosed; when the token's connection closed, with ErrUnavailable;
+// when the stream was deleted, with ErrNoStream; when its consumer could
+// not be recreated (consumerResets), with what the server answered.
 // Only the subscription's owner calls it.
 func (s *StreamSubscription) Next() (*Msg, error) {
 	for {
@@ -270,7 +297,11 @@ func (s *StreamSubscription) Next() (*Msg, error) {
 				}
 				return nil, ErrClosed
 			}
-			return nil, mapJSError(err)
+			err = mapJSError(err)
+			if errors.Is(err, ErrNoStream) {
+				err = fmt.Errorf("%w: stream %s was deleted", ErrNoStream, s.stream)
+			}
+			return nil, err
 		}
 		md, err := jm.Metadata()
 		if err != nil {

@@ -245,3 +245,54 @@ func TestPoolCloseRemovesConsumers(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamSubscriptionEndsWhenItsStreamIsDeleted deletes the consumer
+// of a subscription, which recreates itself and goes on, then its
+// stream: Next fails with ErrNoStream within consumerResets' retries,
+// and no consumer is left in the account.
+func TestStreamSubscriptionEndsWhenItsStreamIsDeleted(t *testing.T) {
+	t.Parallel()
+	e, js, st := startJetStream(t)
+	publishStored(t, js, "orders.eu", 1, 2)
+	c := mustAcquire(t, newTestPool(t, Config{Server: e}), adminToken)
+	sub, err := c.SubscribeStream(context.Background(), "orders.*", Start{Deliver: DeliverAll}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextSeqs(t, sub, 1, 2)
+	if err := st.DeleteConsumer(context.Background(), sub.cons.CachedInfo().Name); err != nil {
+		t.Fatal(err)
+	}
+	publishStored(t, js, "orders.eu", 3, 3)
+	nextSeqs(t, sub, 3, 1)
+
+	next := make(chan error, 1)
+	go func() {
+		_, err := sub.Next()
+		next <- err
+	}()
+	if err := js.DeleteStream(context.Background(), "ORDERS"); err != nil {
+		t.Fatal(err)
+	}
+	deleted := time.Now()
+	select {
+	case err = <-next:
+	case <-time.After(10 * time.Second):
+		sub.Stop()
+		t.Fatalf("Next still waiting 10s after the stream was deleted (returned %v once stopped)", <-next)
+	}
+	if !errors.Is(err, ErrNoStream) || !strings.Contains(err.Error(), "ORDERS was deleted") {
+		t.Fatalf("Next = %v, want ErrNoStream saying ORDERS was deleted", err)
+	}
+	t.Logf("ended %v after the stream was deleted", time.Since(deleted).Round(time.Millisecond))
+	if err := sub.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ai, err := js.AccountInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ai.Consumers != 0 || ai.Streams != 0 {
+		t.Fatalf("account holds %d streams and %d consumers, want none", ai.Streams, ai.Consumers)
+	}
+}

@@ -390,41 +390,53 @@ func (c *Conn) KVDelete(ctx context.Context, bucket, key string, purge bool, rev
 	})
 }
 
-// KVKeys returns the keys with a value, sorted, matching any of filters
-// (all keys without filters).
-func (c *Conn) KVKeys(ctx context.Context, bucket string, filters ...string) ([]string, error) {
-	for _, f := range filters {
-		if err := ValidateKeyFilter(f); err != nil {
-			return nil, err
+// KVKeys passes each key with a value, matching any of filters (every
+// key without filters), to each as the bucket's stream gives them: once
+// each, in the order of their last revisions, not sorted. It stops at
+// each's first error and returns it; a missing bucket, or one the token
+// may not read, fails before the first key. The keys are read through a
+// paced JetStream subscription of the bucket's stream (headers only),
+// so nothing piles up for a slow each: at most PullBatch messages are
+// pulled ahead of it.
+func (c *Conn) KVKeys(ctx context.Context, bucket string, filters []string, each func(key string) error) error {
+	if err := ValidateBucket(bucket); err != nil {
+		return err
+	}
+	prefix := "$KV." + bucket + "."
+	subjects := []string{prefix + ">"}
+	if len(filters) > 0 {
+		subjects = make([]string, len(filters))
+		for i, f := range filters {
+			if err := ValidateKeyFilter(f); err != nil {
+				return err
+			}
+			subjects[i] = prefix + f
 		}
 	}
-	var keys []string
-	err := c.kvCall(ctx, bucket, func(ctx context.Context, kv jetstream.KeyValue) error {
-		keys = keys[:0]
-		// ListKeysFiltered rewrites its argument in place.
-		l, err := kv.ListKeysFiltered(ctx, slices.Clone(filters)...)
-		if err != nil {
-			return err
-		}
-		defer func() { _ = l.Stop() }()
-		ch := l.Keys()
-		for {
-			select {
-			case k, ok := <-ch:
-				if !ok {
-					return ctx.Err() // the lister ends early only when ctx does
-				}
-				keys = append(keys, k)
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
+	sub, err := c.kvSubscribe(ctx, bucket, subjects[0], Start{Deliver: DeliverLastPerSubject}, func(cfg *jetstream.OrderedConsumerConfig) {
+		cfg.FilterSubjects, cfg.HeadersOnly = subjects, true
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	slices.Sort(keys)
-	return slices.Compact(keys), nil
+	defer sub.Close()
+	defer context.AfterFunc(ctx, sub.Stop)() // Next waits for a message, not for ctx
+	for sub.Pending() > 0 {
+		m, err := sub.Next()
+		switch {
+		case ctx.Err() != nil:
+			return fmt.Errorf("%w: the listing stopped: %v", ErrUnavailable, context.Cause(ctx))
+		case err != nil:
+			return err
+		}
+		if op := firstHeader(m.Header, kvOperationHeader); op == KVDel || op == KVPurge {
+			continue
+		}
+		if err := each(m.Subject[len(prefix):]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // KVBuckets returns the names of the buckets, sorted.

@@ -91,6 +91,17 @@ func (c *Conn) WatchKV(ctx context.Context, bucket string, o KVWatchOptions) (*K
 	if err := c.maySubscribe(ctx, subject, kvSubjectMax); err != nil {
 		return nil, err
 	}
+	sub, err := c.kvSubscribe(ctx, bucket, subject, start)
+	if err != nil {
+		return nil, err
+	}
+	return &KVWatch{StreamSubscription: sub, bucket: bucket, prefix: prefix, ignoreDeletes: o.IgnoreDeletes}, nil
+}
+
+// kvSubscribe starts a JetStream subscription of subject on bucket's
+// stream, which must be a key-value bucket's (else ErrNoBucket); tune
+// as for subscribeOn.
+func (c *Conn) kvSubscribe(ctx context.Context, bucket, subject string, start Start, tune ...func(*jetstream.OrderedConsumerConfig)) (*StreamSubscription, error) {
 	var info *jetstream.StreamInfo
 	err := c.kvJSCall(ctx, bucket, func(ctx context.Context, js jetstream.JetStream) error {
 		s, err := js.Stream(ctx, "KV_"+bucket)
@@ -102,27 +113,21 @@ func (c *Conn) WatchKV(ctx context.Context, bucket string, o KVWatchOptions) (*K
 		}
 		return nil
 	})
+	var sub *StreamSubscription
+	if err == nil {
+		sub, err = c.subscribeOn(ctx, info, subject, start, kvSubjectMax, tune...)
+	}
 	if errors.Is(err, ErrNoStream) { // the stream went between the lookup and the consumer
 		err = fmt.Errorf("%w: %v", ErrNoBucket, err)
 	}
-	if err != nil {
-		return nil, err
-	}
-	sub, err := c.subscribeOn(ctx, info, subject, start, kvSubjectMax)
-	if errors.Is(err, ErrNoStream) {
-		err = fmt.Errorf("%w: %v", ErrNoBucket, err)
-	}
-	if err != nil {
-		return nil, err
-	}
-	return &KVWatch{StreamSubscription: sub, bucket: bucket, prefix: prefix, ignoreDeletes: o.IgnoreDeletes}, nil
+	return sub, err
 }
 
 // Next waits for the watch's next entry. Once, when every entry that was
 // current as the watch started has been returned (at once for a bucket
 // with none, and for KVIncludeUpdatesOnly), it returns caughtUp true and
-// no entry instead. Its errors are StreamSubscription.Next's. Only the
-// watch's owner calls it.
+// no entry instead. Its errors are StreamSubscription.Next's, a deleted
+// bucket ErrNoBucket. Only the watch's owner calls it.
 func (w *KVWatch) Next() (e *KVEntry, caughtUp bool, err error) {
 	for {
 		if !w.current && w.Pending() == 0 {
@@ -130,6 +135,9 @@ func (w *KVWatch) Next() (e *KVEntry, caughtUp bool, err error) {
 			return nil, true, nil
 		}
 		m, err := w.StreamSubscription.Next()
+		if errors.Is(err, ErrNoStream) {
+			return nil, false, fmt.Errorf("%w: bucket %s was deleted", ErrNoBucket, w.bucket)
+		}
 		if err != nil {
 			return nil, false, err
 		}

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/natsgate/natsgate/bridge"
@@ -141,7 +142,11 @@ type jsFeed struct {
 	last     uint64
 	caughtUp bool
 	done     chan struct{} // closed when runFeed stops feeding
-	told     bool          // a WebSocket client was told the feed ended; set by runFeed's end
+	// told is set once a WebSocket client was told the feed ended (by
+	// runFeed's end, before the error frame is queued, or by a move):
+	// from then on the feed holds neither its sid nor a place among the
+	// session's subscriptions (sidFree).
+	told atomic.Bool
 }
 
 // subscribeStream starts a JetStream subscription for a client. The

@@ -162,6 +162,7 @@ func (r ndjsonReader) next(t testing.TB) map[string]any {
 type wsReader struct {
 	w   *wsClient
 	sid string
+	ok  map[string]any // the sub frame's answer
 }
 
 func (r wsReader) next(t testing.TB) map[string]any {
@@ -222,10 +223,11 @@ func (g *gateway) jsSub(t testing.TB, transport, token, subject, query string, f
 		f[k] = v
 	}
 	w.send(f)
-	if ok := w.next("ok"); ok["sid"] != "s1" {
+	ok := w.next("ok")
+	if ok["sid"] != "s1" {
 		t.Fatalf("sub answered %v", ok)
 	}
-	return wsReader{w: w, sid: "s1"}
+	return wsReader{w: w, sid: "s1", ok: ok}
 }
 
 // wantSeqs reads messages and checks their seqs, stream and payloads.
@@ -251,15 +253,16 @@ func TestJetStreamSubscriptionsStartWhereAsked(t *testing.T) {
 		query  string
 		fields func(third time.Time) map[string]any
 		want   []int
+		after  any // the WebSocket ok's seq: where the subscription starts after
 	}{
-		{"deliver=all", "deliver=all", func(time.Time) map[string]any { return map[string]any{"deliver": "all"} }, []int{1, 2, 3, 4, 5}},
-		{"deliver=last", "deliver=last", func(time.Time) map[string]any { return map[string]any{"deliver": "last"} }, []int{5}},
-		{"deliver=new", "deliver=new", func(time.Time) map[string]any { return map[string]any{"deliver": "new"} }, nil},
-		{"deliver=last_per_subject", "deliver=last_per_subject", func(time.Time) map[string]any { return map[string]any{"deliver": "last_per_subject"} }, []int{4, 5}},
-		{"start_seq", "start_seq=3", func(time.Time) map[string]any { return map[string]any{"start_seq": 3} }, []int{3, 4, 5}},
+		{"deliver=all", "deliver=all", func(time.Time) map[string]any { return map[string]any{"deliver": "all"} }, []int{1, 2, 3, 4, 5}, 0.0},
+		{"deliver=last", "deliver=last", func(time.Time) map[string]any { return map[string]any{"deliver": "last"} }, []int{5}, 4.0},
+		{"deliver=new", "deliver=new", func(time.Time) map[string]any { return map[string]any{"deliver": "new"} }, nil, 5.0},
+		{"deliver=last_per_subject", "deliver=last_per_subject", func(time.Time) map[string]any { return map[string]any{"deliver": "last_per_subject"} }, []int{4, 5}, nil},
+		{"start_seq", "start_seq=3", func(time.Time) map[string]any { return map[string]any{"start_seq": 3} }, []int{3, 4, 5}, 2.0},
 		{"start_time", "", func(third time.Time) map[string]any {
 			return map[string]any{"start_time": third.Format(time.RFC3339Nano)}
-		}, []int{3, 4, 5}},
+		}, []int{3, 4, 5}, 2.0},
 	}
 	n := 0
 	for _, form := range forms {
@@ -282,6 +285,9 @@ func TestJetStreamSubscriptionsStartWhereAsked(t *testing.T) {
 					query = "start_time=" + third.Time.In(time.FixedZone("", 3600)).Format(time.RFC3339Nano)
 				}
 				r := g.jsSub(t, transport, adminToken, prefix+".>", query, form.fields(third.Time))
+				if ws, ok := r.(wsReader); ok && ws.ok["seq"] != form.after {
+					t.Fatalf("sub answered %v, want seq %v", ws.ok, form.after)
+				}
 				wantSeqs(t, r, name, form.want...)
 				storeOn(t, js, subj, 6, 6, 0)
 				m := r.next(t)
@@ -901,4 +907,146 @@ func TestJetStreamStalledClientIsClosedAndResumes(t *testing.T) {
 			t.Fatalf("%s resumed: got seq %d (%s) after the last, want %d", transport, seq, e, n+1)
 		}
 	}
+}
+
+// streamEnds waits for an HTTP stream to end.
+func streamEnds(t testing.TB, s *sseStream) {
+	t.Helper()
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case l, ok := <-s.lines:
+			if !ok {
+				return
+			}
+			if l != "" && l != ": keep-alive" {
+				t.Fatalf("line %q after the stream's last notice", l)
+			}
+		case <-timeout:
+			t.Fatal("the stream did not end")
+		}
+	}
+}
+
+// wantEnded reads the end of a feed whose stream (bucket) went: a 404
+// with msg, as an SSE comment, an NDJSON error notice or a WebSocket
+// error frame for the feed's sid; the HTTP streams then end.
+func wantEnded(t testing.TB, r jsReader, msg string) {
+	t.Helper()
+	end := r.next(t)
+	switch r.(type) {
+	case sseReader, kvSSEReader:
+		if end["comment"] != msg {
+			t.Fatalf("got %v, want the comment %q", end, msg)
+		}
+	case wsReader, kvWSReader:
+		if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg || end["id"] != nil {
+			t.Fatalf("got %v, want a 404 error frame saying %q", end, msg)
+		}
+		return
+	case ndjsonReader:
+		if end["op"] != "error" || end["status"] != float64(404) || end["message"] != msg {
+			t.Fatalf("got %v, want a 404 error notice saying %q", end, msg)
+		}
+	}
+	var s *sseStream
+	switch r := r.(type) {
+	case sseReader:
+		s = r.s
+	case kvSSEReader:
+		s = r.s
+	case ndjsonReader:
+		s = r.s
+	}
+	streamEnds(t, s)
+}
+
+// wantFeedsGone waits for the gateway's feeds to end and checks that
+// the account holds no consumer.
+func wantFeedsGone(t testing.TB, g *gateway) {
+	t.Helper()
+	waitFor(t, "the feeds to end", func() bool { return metricValue(t, g, "natsgate_jetstream_subscriptions") == 0 })
+	ai, err := g.jsAdmin().AccountInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ai.Consumers != 0 {
+		t.Fatalf("%d consumers left", ai.Consumers)
+	}
+}
+
+// TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted deletes the stream
+// under a subscription on each transport: the client is told (404; on
+// SSE a comment, as its other errors), the HTTP streams end, and no
+// consumer is left.
+func TestJetStreamSubscriptionEndsWhenItsStreamIsDeleted(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream)
+	js := g.jsAdmin()
+	t.Run("transports", func(t *testing.T) {
+		for _, transport := range transports {
+			t.Run(transport, func(t *testing.T) {
+				t.Parallel()
+				name, subject := "GONE_"+strings.ToUpper(transport), "gone"+transport
+				mkStream(t, js, jetstream.StreamConfig{Name: name, Subjects: []string{subject + ".>"}})
+				store(t, js, subject+".x", 1, 2, 0)
+				r := g.jsSub(t, transport, adminToken, subject+".>", "deliver=all", map[string]any{"deliver": "all"})
+				wantSeqs(t, r, name, 1, 2)
+				if err := js.DeleteStream(context.Background(), name); err != nil {
+					t.Fatal(err)
+				}
+				wantEnded(t, r, "no such stream: stream "+name+" was deleted")
+			})
+		}
+	})
+	wantFeedsGone(t, g)
+}
+
+// TestEndedFeedsFreeTheirSids ends a JetStream subscription and a watch
+// by deleting their stream and bucket, in a session allowed two
+// subscriptions: once told, the client makes new ones with the same sids,
+// and has its two places, without an unsub.
+func TestEndedFeedsFreeTheirSids(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream, func(o *gatewayOptions) { o.cfg.WS.MaxSubscriptions = 2 })
+	js := g.jsAdmin()
+	mkStream(t, js, jetstream.StreamConfig{Name: "FREED", Subjects: []string{"freed.>"}})
+	store(t, js, "freed.x", 1, 1, 0)
+	g.mkBucket("freed", "")
+	if resp, body := g.do("PUT", "/v1/kv/freed/a", adminToken, strings.NewReader("1")); resp.StatusCode != 200 {
+		t.Fatalf("put: %d %s", resp.StatusCode, body)
+	}
+	w := g.dialWS(adminToken)
+	w.next("connected")
+	w.send(map[string]any{"op": "sub", "sid": "s1", "subject": "freed.>", "deliver": "all"})
+	w.next("ok")
+	w.next("msg")
+	w.send(map[string]any{"op": "watch", "sid": "w1", "bucket": "freed"})
+	w.next("ok")
+	w.next("kv")
+	if err := js.DeleteStream(context.Background(), "FREED"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, body := g.do("DELETE", "/v1/kvm/buckets/freed", adminToken, nil); resp.StatusCode != 204 {
+		t.Fatalf("deleting the bucket: %d %s", resp.StatusCode, body)
+	}
+	for range 2 {
+		if f := w.next("error"); f["status"] != float64(404) || f["sid"] != "s1" && f["sid"] != "w1" {
+			t.Fatalf("got %v, want a 404 for s1 or w1", f)
+		}
+	}
+	mkStream(t, js, jetstream.StreamConfig{Name: "FREED2", Subjects: []string{"freed.>"}})
+	g.mkBucket("freed2", "")
+	w.send(map[string]any{"op": "sub", "sid": "s1", "subject": "freed.>", "deliver": "all", "id": "a"})
+	w.send(map[string]any{"op": "watch", "sid": "w1", "bucket": "freed2", "id": "b"})
+	for _, id := range []string{"a", "b"} {
+		if f := w.next("ok", "error"); f["op"] != "ok" || f["id"] != id {
+			t.Fatalf("got %v, want ok for %s", f, id)
+		}
+	}
+	w.send(map[string]any{"op": "sub", "sid": "s3", "subject": "core.x", "id": "c"})
+	if f := w.next("error"); f["status"] != float64(429) || f["id"] != "c" {
+		t.Fatalf("got %v, want 429: the two places are taken again", f)
+	}
+	waitFor(t, "two subscriptions counted", func() bool { return metricValue(t, g, "natsgate_subscriptions") == 2 })
 }

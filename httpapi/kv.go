@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -81,34 +82,71 @@ func (k *kvRecorder) Write(p []byte) (int, error) {
 
 func (k *kvRecorder) Unwrap() http.ResponseWriter { return k.ResponseWriter }
 
-// kvHandler adapts a key-value handler as apiHandler does and counts the
-// operation (op, which the handler may refine: a conditional put is an
-// "update") by the status it answered.
-func (s *Server) kvHandler(op string, h func(w http.ResponseWriter, r *http.Request, op *string) error) http.HandlerFunc {
+// kvScope is what a key-value route's path names.
+type kvScope int
+
+const (
+	kvAccount kvScope = iota // no bucket: the account's buckets
+	kvBucket                 // {bucket}
+	kvKey                    // {bucket} and the key
+)
+
+// kvRequest is a key-value request as kvHandler hands it on: the token,
+// the bucket and key its scope names, checked, and its connection once
+// the handler asks for it.
+type kvRequest struct {
+	s           *Server
+	r           *http.Request
+	tok         string
+	bucket, key string
+	op          string // the operation counted; the handler may refine it (a conditional put is an "update")
+	release     func()
+}
+
+// connect connects for the call, once the handler has checked what it
+// reads before anything reaches NATS, and bounds the call by the request
+// timeout. kvHandler gives the connection back when the handler returns.
+func (k *kvRequest) connect() (context.Context, *bridge.Conn, error) {
+	c, err := k.s.connect(k.r.Context(), k.r.RemoteAddr, k.tok)
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := context.WithTimeout(k.r.Context(), k.s.cfg.RequestTimeout)
+	k.release = func() { cancel(); c.Release() }
+	return ctx, c, nil
+}
+
+// kvHandler adapts a key-value handler as apiHandler does: the token,
+// bucket and key of scope are read and checked (kvTarget) before h
+// runs, and the operation (op, or what h made of it) is counted by the
+// status it answered.
+func (s *Server) kvHandler(op string, scope kvScope, h func(w http.ResponseWriter, r *http.Request, k *kvRequest) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		rec := &kvRecorder{ResponseWriter: w}
-		kind := op
-		err := h(rec, r, &kind)
+		k := &kvRequest{s: s, r: r, op: op}
+		defer func() {
+			if k.release != nil {
+				k.release()
+			}
+		}()
+		var err error
+		if scope == kvAccount {
+			k.tok, err = s.bearer(r)
+		} else {
+			k.tok, k.bucket, k.key, err = s.kvTarget(r, scope == kvKey)
+		}
+		if err == nil {
+			err = h(rec, r, k)
+		}
 		status := rec.status
 		if err != nil {
 			status, _ = classify(err)
 			writeError(rec, r, err)
 		}
 		if status != 499 && status != 0 {
-			s.metrics.kvOps.WithLabelValues(kind, strconv.Itoa(status)).Inc()
+			s.metrics.kvOps.WithLabelValues(k.op, strconv.Itoa(status)).Inc()
 		}
 	}
-}
-
-// kvConn connects for a key-value call and bounds the call by the
-// request timeout.
-func (s *Server) kvConn(r *http.Request, tok string) (context.Context, *bridge.Conn, func(), error) {
-	c, err := s.connect(r.Context(), r.RemoteAddr, tok)
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
-	return ctx, c, func() { cancel(); c.Release() }, nil
 }
 
 // etag is a revision as an entity tag.
@@ -199,21 +237,16 @@ func formatCreated(t time.Time) string { return t.UTC().Format(time.RFC3339Nano)
 // object for Accept: application/json; 304 for an If-None-Match naming
 // the revision found.
 func (s *Server) handleKVGet() http.HandlerFunc {
-	return s.kvHandler("get", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, bucket, key, err := s.kvTarget(r, true)
-		if err != nil {
-			return err
-		}
+	return s.kvHandler("get", kvKey, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
 		rev, _, err := revisionParam(r, "revision", false)
 		if err != nil {
 			return err
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		defer done()
-		e, err := c.KVGet(ctx, bucket, key, rev)
+		e, err := c.KVGet(ctx, k.bucket, k.key, rev)
 		if err != nil {
 			return err
 		}
@@ -265,11 +298,7 @@ func asConflict(err error) error {
 // If-None-Match: * only where the key has no value (else 412);
 // ?previousRevision=6 is Synadia's If-Match, answered 409 on a mismatch.
 func (s *Server) handleKVPut() http.HandlerFunc {
-	return s.kvHandler("put", func(w http.ResponseWriter, r *http.Request, op *string) error {
-		tok, bucket, key, err := s.kvTarget(r, true)
-		if err != nil {
-			return err
-		}
+	return s.kvHandler("put", kvKey, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
 		mode, conflict := bridge.KVAlways, false
 		rev, ifMatch, err := parseRevisionTag(r.Header)
 		if err != nil {
@@ -284,25 +313,24 @@ func (s *Server) handleKVPut() http.HandlerFunc {
 		case ifMatch && hasPrev, ifMatch && len(inm) > 0, hasPrev && len(inm) > 0:
 			return badRequest("give one of If-Match, If-None-Match and previousRevision")
 		case ifMatch:
-			mode, *op = bridge.KVIfRevision, "update"
+			mode, k.op = bridge.KVIfRevision, "update"
 		case hasPrev:
-			mode, rev, conflict, *op = bridge.KVIfRevision, prev, true, "update"
+			mode, rev, conflict, k.op = bridge.KVIfRevision, prev, true, "update"
 		case len(inm) > 0:
 			if len(inm) > 1 || strings.TrimSpace(inm[0]) != "*" {
 				return badRequest("If-None-Match on a PUT takes only *: store only where the key has no value")
 			}
-			mode, *op = bridge.KVIfAbsent, "create"
+			mode, k.op = bridge.KVIfAbsent, "create"
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		defer done()
 		value, err := s.readBody(w, r, c.MaxPayload())
 		if err != nil {
 			return err
 		}
-		rev, err = c.KVPut(ctx, bucket, key, value, mode, rev)
+		rev, err = c.KVPut(ctx, k.bucket, k.key, value, mode, rev)
 		if conflict {
 			err = asConflict(err)
 		}
@@ -317,21 +345,16 @@ func (s *Server) handleKVPut() http.HandlerFunc {
 // handleKVCreate handles "POST /v1/kv/{bucket}/{key}": stores the body
 // only where the key has no value; 409 where it has one.
 func (s *Server) handleKVCreate() http.HandlerFunc {
-	return s.kvHandler("create", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, bucket, key, err := s.kvTarget(r, true)
+	return s.kvHandler("create", kvKey, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
-		if err != nil {
-			return err
-		}
-		defer done()
 		value, err := s.readBody(w, r, c.MaxPayload())
 		if err != nil {
 			return err
 		}
-		rev, err := c.KVPut(ctx, bucket, key, value, bridge.KVIfAbsent, 0)
+		rev, err := c.KVPut(ctx, k.bucket, k.key, value, bridge.KVIfAbsent, 0)
 		if err != nil {
 			return asConflict(err)
 		}
@@ -344,11 +367,7 @@ func (s *Server) handleKVCreate() http.HandlerFunc {
 // a delete marker (history kept) or, with purge, the key's history gone
 // too; If-Match: "6" deletes only at revision 6, else 412.
 func (s *Server) handleKVDelete() http.HandlerFunc {
-	return s.kvHandler("delete", func(w http.ResponseWriter, r *http.Request, op *string) error {
-		tok, bucket, key, err := s.kvTarget(r, true)
-		if err != nil {
-			return err
-		}
+	return s.kvHandler("delete", kvKey, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
 		rev, _, err := parseRevisionTag(r.Header)
 		if err != nil {
 			return err
@@ -360,14 +379,13 @@ func (s *Server) handleKVDelete() http.HandlerFunc {
 			}
 		}
 		if purge {
-			*op = "purge"
+			k.op = "purge"
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		defer done()
-		if err := c.KVDelete(ctx, bucket, key, purge, rev); err != nil {
+		if err := c.KVDelete(ctx, k.bucket, k.key, purge, rev); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -377,16 +395,11 @@ func (s *Server) handleKVDelete() http.HandlerFunc {
 
 // handleKVBuckets handles "GET /v1/kvm/buckets": the bucket names.
 func (s *Server) handleKVBuckets() http.HandlerFunc {
-	return s.kvHandler("bucket_list", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, err := s.bearer(r)
+	return s.kvHandler("bucket_list", kvAccount, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
-		if err != nil {
-			return err
-		}
-		defer done()
 		names, err := c.KVBuckets(ctx)
 		if err != nil {
 			return err
@@ -530,11 +543,7 @@ func parseBucketConfig(body []byte) (bridge.KVBucketConfig, error) {
 // the new bucket's description; 200 with it when the bucket already
 // exists with that configuration; 409 when it exists with another.
 func (s *Server) handleKVBucketCreate() http.HandlerFunc {
-	return s.kvHandler("bucket_create", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, bucket, _, err := s.kvTarget(r, false)
-		if err != nil {
-			return err
-		}
+	return s.kvHandler("bucket_create", kvBucket, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
 		body, err := s.readBody(w, r, maxBucketConfig)
 		if err != nil {
 			return err
@@ -543,12 +552,11 @@ func (s *Server) handleKVBucketCreate() http.HandlerFunc {
 		if err != nil {
 			return err
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		defer done()
-		info, created, err := c.KVCreateBucket(ctx, bucket, cfg)
+		info, created, err := c.KVCreateBucket(ctx, k.bucket, cfg)
 		if err != nil {
 			return err
 		}
@@ -563,17 +571,12 @@ func (s *Server) handleKVBucketCreate() http.HandlerFunc {
 
 // handleKVBucketInfo handles "GET /v1/kvm/buckets/{bucket}".
 func (s *Server) handleKVBucketInfo() http.HandlerFunc {
-	return s.kvHandler("bucket_info", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, bucket, _, err := s.kvTarget(r, false)
+	return s.kvHandler("bucket_info", kvBucket, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
-		if err != nil {
-			return err
-		}
-		defer done()
-		info, err := c.KVBucket(ctx, bucket)
+		info, err := c.KVBucket(ctx, k.bucket)
 		if err != nil {
 			return err
 		}
@@ -584,17 +587,12 @@ func (s *Server) handleKVBucketInfo() http.HandlerFunc {
 
 // handleKVBucketDelete handles "DELETE /v1/kvm/buckets/{bucket}".
 func (s *Server) handleKVBucketDelete() http.HandlerFunc {
-	return s.kvHandler("bucket_delete", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, bucket, _, err := s.kvTarget(r, false)
+	return s.kvHandler("bucket_delete", kvBucket, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
+		ctx, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
-		if err != nil {
-			return err
-		}
-		defer done()
-		if err := c.KVDeleteBucket(ctx, bucket); err != nil {
+		if err := c.KVDeleteBucket(ctx, k.bucket); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -603,13 +601,11 @@ func (s *Server) handleKVBucketDelete() http.HandlerFunc {
 }
 
 // handleKVKeys handles "GET /v1/kvm/buckets/{bucket}/keys[?filter=a.>]":
-// the keys with a value, sorted; filter may be repeated.
+// the keys with a value, as a JSON array (keysWriter); filter may be
+// repeated. An error before the first key is problem+json; one after
+// cuts the response short.
 func (s *Server) handleKVKeys() http.HandlerFunc {
-	return s.kvHandler("keys", func(w http.ResponseWriter, r *http.Request, _ *string) error {
-		tok, bucket, _, err := s.kvTarget(r, false)
-		if err != nil {
-			return err
-		}
+	return s.kvHandler("keys", kvBucket, func(w http.ResponseWriter, r *http.Request, k *kvRequest) error {
 		var filters []string
 		if r.URL.RawQuery != "" {
 			filters = r.URL.Query()["filter"]
@@ -619,19 +615,118 @@ func (s *Server) handleKVKeys() http.HandlerFunc {
 				return err
 			}
 		}
-		ctx, c, done, err := s.kvConn(r, tok)
+		_, c, err := k.connect()
 		if err != nil {
 			return err
 		}
-		defer done()
-		keys, err := c.KVKeys(ctx, bucket, filters...)
-		if err != nil {
+		// A long listing may take longer than the request timeout, which
+		// bounds each wait for NATS instead (the client's pace is bounded
+		// by WriteTimeout).
+		ctx, cancel := context.WithCancelCause(r.Context())
+		defer cancel(nil)
+		idle := time.AfterFunc(s.cfg.RequestTimeout, func() {
+			cancel(fmt.Errorf("no key from NATS within %v", s.cfg.RequestTimeout))
+		})
+		defer idle.Stop()
+		kw := &keysWriter{w: w, write: s.flushingWriter(w)}
+		add := func(key string) error {
+			idle.Stop()
+			defer idle.Reset(s.cfg.RequestTimeout)
+			return kw.add(key)
+		}
+		if err := c.KVKeys(ctx, k.bucket, filters, add); err != nil {
+			if kw.streaming {
+				panic(http.ErrAbortHandler) // the client sees the body cut short
+			}
 			return err
 		}
+		kw.end()
+		return nil
+	})
+}
+
+// keysSorted bounds the keys a listing sorts: as many as make this many
+// bytes of JSON. Keys that fit are answered sorted, in one piece; beyond,
+// the answer streams out as the keys come, in the bucket's order (by
+// their last revision), so a listing holds little whatever the bucket
+// holds.
+const keysSorted = 64 << 10
+
+// keysFlush is how much streamed JSON is held back before it is written
+// and flushed.
+const keysFlush = 32 << 10
+
+// errClientGone stops a listing whose client no longer takes it.
+var errClientGone = errors.New("the client went away")
+
+// keysWriter answers a key listing, fed by bridge.Conn.KVKeys.
+type keysWriter struct {
+	w         http.ResponseWriter
+	write     func([]byte) bool
+	keys      []string // until streaming
+	size      int      // their JSON's size
+	streaming bool
+	buf       bytes.Buffer // streamed JSON not yet written
+	enc       *json.Encoder
+}
+
+func (k *keysWriter) add(key string) error {
+	if !k.streaming {
+		k.keys = append(k.keys, key)
+		if k.size += len(key) + len(`"",`); k.size <= keysSorted {
+			return nil
+		}
+		k.streaming = true
+		k.w.Header().Set("Content-Type", "application/json")
+		k.w.WriteHeader(http.StatusOK)
+		k.enc = json.NewEncoder(&k.buf)
+		k.enc.SetEscapeHTML(false) // as writeJSON
+		k.buf.WriteByte('[')
+		for i, key := range k.keys {
+			k.append(i > 0, key)
+		}
+		k.keys = nil
+	} else {
+		k.append(true, key)
+	}
+	if k.buf.Len() < keysFlush {
+		return nil
+	}
+	return k.flush()
+}
+
+// append adds a key to the streamed JSON.
+func (k *keysWriter) append(comma bool, key string) {
+	if comma {
+		k.buf.WriteByte(',')
+	}
+	_ = k.enc.Encode(key)
+	k.buf.Truncate(k.buf.Len() - 1) // Encode's newline
+}
+
+func (k *keysWriter) flush() error {
+	ok := k.write(k.buf.Bytes())
+	k.buf.Reset()
+	if !ok {
+		return errClientGone
+	}
+	return nil
+}
+
+// end finishes the answer once every key was added: the keys sorted, or
+// the streamed array closed.
+func (k *keysWriter) end() {
+	if !k.streaming {
+		slices.Sort(k.keys)
+		keys := slices.Compact(k.keys)
 		if keys == nil {
 			keys = []string{}
 		}
-		writeJSON(w, http.StatusOK, keys)
-		return nil
-	})
+		writeJSON(k.w, http.StatusOK, keys)
+		return
+	}
+	k.buf.WriteString("]\n")
+	_ = k.flush()
+	// The connection may serve further requests: no deadline left on it.
+	_ = http.NewResponseController(k.w).SetWriteDeadline(time.Time{})
 }

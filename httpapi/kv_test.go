@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"reflect"
@@ -333,6 +334,10 @@ func TestKVKeysListsKeysWithValuesByFilter(t *testing.T) {
 		g.mustPut("/v1/kv/cfg/"+k, "v")
 	}
 	g.do("DELETE", "/v1/kv/cfg/gone", adminToken, nil)
+	if resp, body := g.do("GET", "/v1/kvm/buckets/cfg/keys", adminToken, nil); string(body) != `["a.1","a.2","a.x.deep","b.1"]`+"\n" ||
+		resp.Header.Get("Content-Length") != strconv.Itoa(len(body)) {
+		t.Fatalf("keys answered %q, Content-Length %q", body, resp.Header.Get("Content-Length"))
+	}
 	for query, want := range map[string][]string{
 		"":                       {"a.1", "a.2", "a.x.deep", "b.1"},
 		"?filter=a.>":            {"a.1", "a.2", "a.x.deep"},
@@ -643,4 +648,75 @@ func TestKVMetricsCountOperationsByKindAndStatus(t *testing.T) {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
+}
+
+// TestKVKeysStreamsALargeBucket lists 20 MB of keys to a client that
+// reads the first KiB and waits: the gateway must have sent it before
+// it had every key, its listing consumer still holding keys back. Read
+// in full the answer is the JSON array of every key, once each. A client
+// that leaves early leaves nothing behind.
+func TestKVKeysStreamsALargeBucket(t *testing.T) {
+	t.Parallel()
+	g := startKV(t, "")
+	js := g.jsAdmin()
+	const n = 20000
+	pad := strings.Repeat("x", 990)
+	key := func(i int) string { return fmt.Sprintf("k%05d.%s", i, pad) }
+	for from := 1; from <= n; from += 1000 { // at most 1000 acknowledgements outstanding
+		storeOn(t, js, func(i int) string { return "$KV.cfg." + key(i) }, from, from+999, 0)
+	}
+	st := g.kvStream("cfg")
+	client := smallReadBuffer(t)
+	get := func() (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", g.URL+"/v1/kvm/buckets/cfg/keys", nil)
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("status %d, Content-Type %q", resp.StatusCode, resp.Header.Get("Content-Type"))
+		}
+		first := make([]byte, 1024)
+		if _, err := io.ReadFull(resp.Body, first); err != nil {
+			t.Fatal(err)
+		}
+		return resp, first
+	}
+	pending := func() (n uint64) {
+		l := st.ListConsumers(context.Background())
+		for ci := range l.Info() {
+			n += ci.NumPending
+		}
+		if err := l.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	resp, first := get()
+	time.Sleep(200 * time.Millisecond) // the gateway, blocked writing, stops taking keys
+	if p := pending(); p == 0 {
+		t.Fatal("the first bytes came once the gateway had every key")
+	}
+	var keys []string
+	if err := json.NewDecoder(io.MultiReader(bytes.NewReader(first), resp.Body)).Decode(&keys); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	seen := make(map[string]bool, n)
+	for _, k := range keys {
+		if seen[k] || !strings.HasSuffix(k, pad) {
+			t.Fatalf("key %.20q… twice or not stored", k)
+		}
+		seen[k] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d keys, want %d", len(seen), n)
+	}
+
+	resp, _ = get()
+	resp.Body.Close()
+	waitNoConsumers(t, st)
 }

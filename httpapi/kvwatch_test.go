@@ -723,3 +723,33 @@ func TestKVWatchSurvivesANATSRestart(t *testing.T) {
 		wantEntry(t, r, "k", 5, "PUT", "v5")
 	}
 }
+
+// TestKVWatchEndsWhenItsBucketIsDeleted deletes the bucket under a
+// watch on each transport: 404, the HTTP streams end, no consumer stays.
+func TestKVWatchEndsWhenItsBucketIsDeleted(t *testing.T) {
+	t.Parallel()
+	g := startGateway(t, withJetStream)
+	t.Run("transports", func(t *testing.T) {
+		for _, transport := range transports {
+			t.Run(transport, func(t *testing.T) {
+				t.Parallel()
+				bucket := "gone" + transport
+				g.mkBucket(bucket, "")
+				if resp, body := g.do("PUT", "/v1/kv/"+bucket+"/a", adminToken, strings.NewReader("1")); resp.StatusCode != 200 {
+					t.Fatalf("put: %d %s", resp.StatusCode, body)
+				}
+				// An entry delivered: the consumer has a pull request waiting,
+				// which the server answers when the consumer goes (without one
+				// only missed heartbeats tell, in 10 s).
+				r := g.watch(t, transport, adminToken, bucket, "", nil)
+				wantEntry(t, r, "a", 1, bridge.KVPut, "1")
+				wantCurrent(t, r)
+				if resp, body := g.do("DELETE", "/v1/kvm/buckets/"+bucket, adminToken, nil); resp.StatusCode != 204 {
+					t.Fatalf("deleting the bucket: %d %s", resp.StatusCode, body)
+				}
+				wantEnded(t, r, "no such key-value bucket: bucket "+bucket+" was deleted")
+			})
+		}
+	})
+	wantFeedsGone(t, g)
+}

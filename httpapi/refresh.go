@@ -158,17 +158,17 @@ func (ss *session) moveFeeds(ctx context.Context, c *bridge.Conn) {
 		select {
 		case <-feed.done:
 		case <-ctx.Done():
-			// Still stopping: told, but not marked, as its goroutine may yet
-			// mark it; the client makes it again.
+			// Still stopping; the client makes it again.
+			feed.told.Store(true)
 			ss.tellEnded(sid, feed, fmt.Errorf("%w: the subscription could not be moved to the new token's connection in time", bridge.ErrUnavailable))
 			continue
 		}
-		if feed.told {
+		if feed.told.Load() {
 			continue // ended before the move; the client makes it again
 		}
 		nf, err := s.resumeOn(ctx, c, feed)
 		if err != nil {
-			feed.told = true
+			feed.told.Store(true)
 			ss.tellEnded(sid, feed, err)
 			continue
 		}
@@ -203,8 +203,8 @@ func (ss *session) recheck(c *bridge.Conn) {
 		}
 		select {
 		case <-feed.done:
-			if !feed.told {
-				feed.told = true
+			if !feed.told.Load() {
+				feed.told.Store(true)
 				ss.tellEnded(sid, feed, fmt.Errorf("%w: the subscription ended", bridge.ErrUnavailable))
 			}
 		default:

@@ -205,19 +205,26 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, c *bridge.C
 	s.pumpStream(w, r, c, f, box, wake, status, ended)
 }
 
-// pumpStream writes a stream until it ends. Every write has a deadline, so
-// a stalled client is dropped rather than holding the writer. A notice
-// from ended (a JetStream feed that stopped) is the stream's last.
-func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Conn, f streamFormat, box *outbox, wake <-chan struct{}, status <-chan bridge.Status,
-	ended <-chan notice) {
+// flushingWriter writes to w and flushes what it wrote, each write
+// bounded by WriteTimeout, so a stalled client is dropped rather than
+// holding the writer: false once the client is gone.
+func (s *Server) flushingWriter(w http.ResponseWriter) func(b []byte) bool {
 	rc := http.NewResponseController(w)
-	write := func(b []byte) bool {
+	return func(b []byte) bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
 		if _, err := w.Write(b); err != nil {
 			return false
 		}
 		return rc.Flush() == nil
 	}
+}
+
+// pumpStream writes a stream until it ends. Every write has a deadline, so
+// a stalled client is dropped rather than holding the writer. A notice
+// from ended (a JetStream feed that stopped) is the stream's last.
+func (s *Server) pumpStream(w http.ResponseWriter, r *http.Request, c *bridge.Conn, f streamFormat, box *outbox, wake <-chan struct{}, status <-chan bridge.Status,
+	ended <-chan notice) {
+	write := s.flushingWriter(w)
 	var buf []byte
 	if f.contentType() == "text/event-stream" {
 		buf = append(buf, ": subscribed\n\n"...)

@@ -466,11 +466,12 @@ func (ss *session) handle(f *frame) (websocket.StatusCode, string) {
 	return 0, ""
 }
 
-// reply sends an ok, or an error frame for err, for a frame's id/sid.
-func (ss *session) reply(f *frame, err error) {
+// reply sends an ok, or an error frame for err, for a frame's id/sid;
+// more are an ok's further fields (`,"seq":7`).
+func (ss *session) reply(f *frame, err error, more ...byte) {
 	var b []byte
 	if err == nil {
-		b = append(b, `{"op":"ok"`...)
+		b = append(append(b, `{"op":"ok"`...), more...)
 	} else {
 		status, _ := classify(err)
 		b = fmt.Appendf(b, `{"op":"error","status":%d,"message":%s`, status, strconv.Quote(err.Error()))
@@ -485,9 +486,17 @@ func (ss *session) reply(f *frame, err error) {
 }
 
 // sidFree checks a sub or watch frame's sid: given, not in use, and room
-// for one more subscription; else it answers the error.
+// for one more subscription; else it answers the error. Feeds that ended
+// by themselves, their clients told, give theirs up first.
 func (ss *session) sidFree(f *frame) bool {
 	s := ss.s
+	if ended(ss.subs[f.Sid]) || len(ss.subs) >= s.cfg.WS.MaxSubscriptions {
+		for sid, sub := range ss.subs {
+			if ended(sub) {
+				ss.removeSub(sid)
+			}
+		}
+	}
 	switch {
 	case f.Sid == "":
 		ss.reply(f, badRequest(`%s needs a "sid"`, f.Op))
@@ -523,6 +532,13 @@ func (ss *session) sub(f *frame) {
 	ss.reply(f, err)
 }
 
+// ended says whether sub is a feed that ended by itself and whose client
+// was told so.
+func ended(sub interface{ Close() }) bool {
+	feed, ok := sub.(*jsFeed)
+	return ok && feed.told.Load()
+}
+
 func (ss *session) addSub(sid string, sub interface{ Close() }) {
 	if ss.subs == nil {
 		ss.subs = make(map[string]interface{ Close() })
@@ -531,9 +547,11 @@ func (ss *session) addSub(sid string, sub interface{ Close() }) {
 	ss.s.metrics.subscriptions.Inc()
 }
 
-// subStream starts a JetStream subscription: ok, then the gap notice if
-// any, then its messages, paced to the session's reading. A session that
-// reads nothing for SlowConsumerGrace is closed with 1008.
+// subStream starts a JetStream subscription: ok (with the seq it starts
+// after, bridge.StreamSubscription.StartsAfter, where there is one), then
+// the gap notice if any, then its messages, paced to the session's
+// reading. A session that reads nothing for SlowConsumerGrace is closed
+// with 1008.
 func (ss *session) subStream(f *frame, start bridge.Start) {
 	s := ss.s
 	feed, err := s.subscribeStream(ss.context(), ss.conn, f.Subject, start)
@@ -542,16 +560,20 @@ func (ss *session) subStream(f *frame, start bridge.Start) {
 		return
 	}
 	ss.addSub(f.Sid, feed)
-	ss.reply(f, nil)
+	var seq []byte
+	if after, ok := feed.sub.StartsAfter(); ok {
+		seq = strconv.AppendUint([]byte(`,"seq":`), after, 10)
+	}
+	ss.reply(f, nil, seq...)
 	ss.runFeed(f.Sid, feed)
 }
 
 // runFeed starts feeding a JetStream subscription or key-value watch of
 // the session's connection to the client: the gap notice first, if any.
 // A feed that ends by itself is told to the client as an error frame for
-// its sid (which the client unsubscribes and makes again), unless the
-// session is moving away from its connection: the move resumes it (see
-// refresh). One that stalls closes the session with 1008.
+// its sid, which is free from then on (the client may make it again),
+// unless the session is moving away from its connection: the move
+// resumes it (see refresh). One that stalls closes the session with 1008.
 func (ss *session) runFeed(sid string, feed *jsFeed) {
 	s := ss.s
 	c := ss.conn
@@ -576,7 +598,7 @@ func (ss *session) runFeed(sid string, feed *jsFeed) {
 		if c.Closed() {
 			return // the feed ended with its connection: the session's close says why
 		}
-		feed.told = true
+		feed.told.Store(true) // before the client hears of it: its sid is free then
 		ss.tellEnded(sid, feed, err)
 	})
 }
@@ -587,10 +609,15 @@ func (ss *session) unsub(f *frame) {
 		ss.reply(f, badRequest("no subscription with sid %q", f.Sid))
 		return
 	}
-	sub.Close()
-	delete(ss.subs, f.Sid)
-	ss.s.metrics.subscriptions.Dec()
+	ss.removeSub(f.Sid)
 	ss.reply(f, nil)
+}
+
+// removeSub closes and forgets the subscription of sid.
+func (ss *session) removeSub(sid string) {
+	ss.subs[sid].Close()
+	delete(ss.subs, sid)
+	ss.s.metrics.subscriptions.Dec()
 }
 
 // takeSlot reserves one of the session's in-flight slots, for work on its
@@ -803,10 +830,8 @@ func (ss *session) cleanup() {
 		ss.cancel()
 	}
 	ss.out.close()
-	for sid, sub := range ss.subs {
-		sub.Close()
-		delete(ss.subs, sid)
-		ss.s.metrics.subscriptions.Dec()
+	for sid := range ss.subs {
+		ss.removeSub(sid)
 	}
 	ss.unwatch()
 	if ss.expiry != nil {

@@ -158,7 +158,8 @@ export interface ClientEvents {
   /**
    * A JetStream subscription whose feed the gateway ended (also reported as an 'error'), or whose re-subscription
    * it refused for the time being (503 …), is made again in delay ms (at once if NATS reconnects first) from
-   * start_seq (undefined: from its original start, nothing having been delivered).
+   * start_seq (undefined: from its original start, nothing having been delivered and the gateway not having said
+   * which seq that start is).
    */
   resuming: { sid: string; subject: string; delay: number; error: NatsgateError; start_seq: number | undefined };
 }

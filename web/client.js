@@ -339,6 +339,7 @@ async function httpError(resp) {
  * @typedef {object} JSState
  * @property {Record<string, any>} start the original start position: {deliver}, {start_seq} or {start_time}
  * @property {number} lastSeq the last seq delivered to the handler (0: none yet)
+ * @property {number} [after] the seq the gateway's ok said the subscription starts after
  * @property {((g: Gap) => void)|undefined} onGap
  * @property {number} failures feeds ended by the gateway in a row (for the resume backoff)
  * @property {ReturnType<typeof setTimeout>|null} retry a scheduled resume in the same session
@@ -348,7 +349,7 @@ async function httpError(resp) {
 /**
  * @typedef {object} Pending
  * @property {'sub'|'unsub'|'pub'|'req'|'connect'} kind
- * @property {(v: any) => void} resolve
+ * @property {(v: any, f?: any) => void} resolve given the answering frame too
  * @property {(e: Error) => void} reject
  * @property {ReturnType<typeof setTimeout>} [timer]
  */
@@ -369,6 +370,18 @@ async function httpError(resp) {
  */
 function quiet(kind) {
   return { kind, resolve() {}, reject() {} };
+}
+
+/**
+ * Where a JetStream subscription made again resumes: one past the last
+ * seq delivered; before any, one past the seq the gateway said it starts
+ * after (so deliver 'new' skips nothing stored meanwhile); undefined, from
+ * its original start (a gateway that did not say, or last_per_subject).
+ * @param {JSState} js
+ * @returns {number|undefined} the seq it resumes after
+ */
+function resumeAfter(js) {
+  return js.lastSeq > 0 ? js.lastSeq : js.after;
 }
 
 /**
@@ -676,7 +689,7 @@ export class NatsgateClient extends EventTarget {
           return;
         }
         if (f.op === 'error') p.reject(new NatsgateError(f.message || 'error', { status: f.status }));
-        else p.resolve(f.op === 'reply' ? toMessage(f) : undefined);
+        else p.resolve(f.op === 'reply' ? toMessage(f) : undefined, f);
         return;
       }
       case 'status': {
@@ -873,8 +886,8 @@ export class NatsgateClient extends EventTarget {
     const f = { op: 'sub', sid: sub.sid, subject: sub.subject, id };
     if (sub.queue) f.queue = sub.queue;
     if (sub.js) {
-      // A resume starts one past the last seq delivered; before any, where it was asked to.
-      if (sub.js.lastSeq > 0) f.start_seq = sub.js.lastSeq + 1;
+      const after = resumeAfter(sub.js);
+      if (after !== undefined) f.start_seq = after + 1;
       else Object.assign(f, sub.js.start);
     }
     this.#send(f); // answers arrive asynchronously, after the pending entry is set
@@ -896,7 +909,8 @@ export class NatsgateClient extends EventTarget {
     this.#pending.set(id, {
       kind: 'sub',
       timer,
-      resolve: () => {
+      resolve: (_, ok) => {
+        if (sub.js && sub.js.lastSeq === 0 && typeof ok.seq === 'number') sub.js.after = ok.seq;
         const resubscribed = !sub.waiter;
         if (sub.waiter) sub.waiter.resolve();
         sub.waiter = null;
@@ -929,10 +943,10 @@ export class NatsgateClient extends EventTarget {
    * is a JetStream subscription of the stream holding the subject: each
    * message has stream, seq and time, and after any reconnect (or a feed
    * the gateway ended, see README) it is made again from start_seq one
-   * past the last seq delivered (before any, from the original start), so
-   * the handler sees every stored message once, in order; a seq at or
-   * below the last delivered is never passed on. Rejects with 404 when no
-   * stream holds the subject.
+   * past the last seq delivered (before any, from where the gateway said
+   * it started, or the original start), so the handler sees every stored
+   * message once, in order; a seq at or below the last delivered is never
+   * passed on. Rejects with 404 when no stream holds the subject.
    * @param {string} subject may use * and a final >
    * @param {(m: Message) => void} handler
    * @param {SubscribeOptions} [opts]
@@ -1117,7 +1131,8 @@ export class NatsgateClient extends EventTarget {
     };
     js.retry = setTimeout(run, delay);
     js.now = run;
-    this.#emit('resuming', { sid: sub.sid, subject: sub.subject, delay, error: err, start_seq: js.lastSeq > 0 ? js.lastSeq + 1 : undefined });
+    const after = resumeAfter(js);
+    this.#emit('resuming', { sid: sub.sid, subject: sub.subject, delay, error: err, start_seq: after === undefined ? undefined : after + 1 });
   }
 
   /**

@@ -164,11 +164,13 @@ func (b *browser) wire() []wireFrame {
 // checkResumes checks, from the wire, the JetStream subscription sid:
 // its first sub frame has the original start (deliver, no start_seq);
 // every later one asks for start_seq one past the last seq the client
-// had received by then (or the original start if none); the gateway sent
-// no seq twice. It returns the later sub frames' start_seqs.
+// had received by then (if none, one past the seq the first ok said the
+// subscription starts after); the gateway sent no seq twice. It returns
+// the later sub frames' start_seqs.
 func checkResumes(t *testing.T, w []wireFrame, sid, deliver string) []uint64 {
 	t.Helper()
 	var last uint64
+	after := int64(-1) // the first ok's seq
 	var resumes []uint64
 	seen := map[uint64]int{}
 	var twice []uint64
@@ -186,20 +188,26 @@ func checkResumes(t *testing.T, w []wireFrame, sid, deliver string) []uint64 {
 				twice = append(twice, fr.F.Seq)
 			}
 			last = max(last, fr.F.Seq)
+		case fr.Dir == "in" && fr.F.Op == "ok" && fr.F.Sid == sid && after < 0:
+			after = int64(fr.F.Seq)
 		case fr.Dir == "out" && fr.F.Op == "sub" && fr.F.Sid == sid:
 			subs++
-			if subs == 1 || last == 0 {
+			want := last + 1
+			if last == 0 && subs > 1 {
+				want = uint64(after + 1)
+			}
+			if subs == 1 {
 				if fr.F.Deliver != deliver || fr.F.StartSeq != nil {
 					t.Errorf("sub frame %d of %s: deliver %q start_seq %v, want the original start deliver %q", subs, sid, fr.F.Deliver, fr.F.StartSeq, deliver)
 				}
 				continue
 			}
-			if fr.F.StartSeq == nil || *fr.F.StartSeq != last+1 || fr.F.Deliver != "" {
+			if fr.F.StartSeq == nil || *fr.F.StartSeq != want || fr.F.Deliver != "" {
 				got := "none"
 				if fr.F.StartSeq != nil {
 					got = strconv.FormatUint(*fr.F.StartSeq, 10)
 				}
-				t.Errorf("resubscription %d of %s: start_seq %s deliver %q, want start_seq %d (one past the last seq received, %d)", subs-1, sid, got, fr.F.Deliver, last+1, last)
+				t.Errorf("resubscription %d of %s: start_seq %s deliver %q, want start_seq %d (last seq received %d, first ok's %d)", subs-1, sid, got, fr.F.Deliver, want, last, after)
 				continue
 			}
 			resumes = append(resumes, *fr.F.StartSeq)
@@ -439,12 +447,22 @@ func (b *browser) waitGot(n int) {
 // TestJSClientResumesAfterNetworkCuts: stored messages keep coming while
 // the network between browser and gateway is cut, twice, mid-stream; the
 // subscription resumes each time from one past the last seq delivered,
-// and the handler sees every one once, in order.
+// and the handler sees every one once, in order. A deliver 'new'
+// subscription that has had no message yet resumes from where the
+// gateway's ok said it starts: it gets what was stored while the client
+// was away (and not what was stored before it).
 func TestJSClientResumesAfterNetworkCuts(t *testing.T) {
 	g := startGatewayWith(t, false, t.TempDir())
 	putStream(t, g.URL, "CUT", `{"subjects":["cut.>"],"storage":"file"}`)
+	putStream(t, g.URL, "LATER", `{"subjects":["later.>"],"storage":"file"}`)
+	storeHTTP(t, g.URL, "later.x", "before")
 	p := startProxy(t, g.addr)
 	b := jsClient(t, p.URL)
+	eval[bool](b, `(async () => {
+		window.later = [];
+		await nc.subscribe('later.>', (m) => later.push(m.seq), { deliver: 'new' });
+		return true;
+	})()`)
 	sid := b.subscribeJS("cut.>", `{ deliver: 'all' }`)
 
 	const n = 300
@@ -477,6 +495,15 @@ func TestJSClientResumesAfterNetworkCuts(t *testing.T) {
 	}
 	if resumes := checkResumes(t, b.wire(), sid, "all"); len(resumes) < 2 {
 		t.Errorf("resubscriptions from %v, want one after each of the two cuts", resumes)
+	}
+
+	p.down()
+	b.waitJS("the client to see the session drop", `nc.state !== 'connected'`)
+	away := storeHTTP(t, g.URL, "later.x", "while away")
+	p.up()
+	b.waitJS("the deliver 'new' subscription to get what was stored while away", `later.length > 0`)
+	if got := eval[[]uint64](b, `later`); !slices.Equal(got, []uint64{away}) {
+		t.Fatalf("the deliver 'new' subscription got seqs %v, want [%d]", got, away)
 	}
 }
 
