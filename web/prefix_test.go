@@ -15,22 +15,7 @@ import (
 // browser loads /nats/client.js and gives connect and subscribeStream the
 // prefix as their url.
 func TestClientUnderAPrefix(t *testing.T) {
-	gw, err := natsgate.New(natsgate.Options{Tokens: testTokens()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("/app", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		w.Write([]byte("<!doctype html><title>app</title>"))
-	})
-	mux.Handle("/nats/", http.StripPrefix("/nats", gw))
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		gw.Shutdown()
-		srv.Close()
-		_ = gw.Close(context.Background())
-	})
+	srv := underPrefix(t)
 	b := newBrowser(t)
 	b.do("loading the app page", chromedp.Navigate(srv.URL+"/app"))
 	for _, url := range []string{"/nats", "/nats/", srv.URL + "/nats"} {
@@ -68,18 +53,7 @@ func TestClientUnderAPrefix(t *testing.T) {
 // the gateway: its script, style sheet and client come from under the
 // prefix, and it connects there.
 func TestConsoleUnderAPrefix(t *testing.T) {
-	gw, err := natsgate.New(natsgate.Options{Tokens: testTokens()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("/nats/", http.StripPrefix("/nats", gw))
-	srv := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		gw.Shutdown()
-		srv.Close()
-		_ = gw.Close(context.Background())
-	})
+	srv := underPrefix(t)
 	b := newBrowser(t)
 	b.openConsoleAt(srv.URL + "/nats/")
 	b.connect(adminToken)
@@ -90,4 +64,26 @@ func TestConsoleUnderAPrefix(t *testing.T) {
 	if got := eval[string](b, `document.styleSheets.length > 0 && document.styleSheets[0].href`); got != srv.URL+"/nats/console.css" {
 		t.Fatalf("style sheet %q, want it from under the prefix", got)
 	}
+}
+
+// underPrefix serves a Go app that mounts the gateway under /nats/, with
+// a page of its own at /app.
+func underPrefix(t *testing.T) *httptest.Server {
+	gw, err := natsgate.New(natsgate.Options{Tokens: testTokens()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/app", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte("<!doctype html><title>app</title>"))
+	})
+	mux.Handle("/nats/", http.StripPrefix("/nats", gw))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		gw.Shutdown()
+		srv.Close()
+		_ = gw.Close(context.Background())
+	})
+	return srv
 }
