@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"strconv"
 	"sync"
@@ -777,6 +778,11 @@ func (ss *session) writeLoop() {
 		b  batch
 		ok bool
 	)
+	// Let the goroutine that woke us (a subscription's, handing one
+	// message to many sessions) run on first: what it queues meanwhile
+	// goes out in this first write. With nothing else runnable this
+	// returns at once, so a lone message waits for nothing.
+	runtime.Gosched()
 	for {
 		if b, ok = ss.out.take(b); !ok {
 			return
