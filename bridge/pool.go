@@ -36,7 +36,7 @@ type Config struct {
 	// MaxTokens bounds the distinct tokens with an open connection. When
 	// every one is in use, a new token gets ErrTooManyTokens; idle ones are
 	// closed to make room. Default 20000 (an idle one costs the gateway
-	// about 100 KiB of memory with the embedded server, its side included).
+	// about 90 KiB of memory with the embedded server, its side included).
 	MaxTokens int
 	// RejectTTL is how long a token the server rejected is refused without
 	// asking the server again. Default 5 s.

@@ -84,7 +84,7 @@ func parseFlags(args []string, getenv func(string) string, stderr io.Writer) (*c
 	fs.BoolVar(&c.jetstream, "jetstream", true, "run JetStream in the embedded server (--jetstream=false: off); with --nats-config its jetstream {} block decides")
 	fs.StringVar(&c.storeDir, "store-dir", "", "directory where the embedded server's JetStream keeps streams (file storage); without it a temporary directory, removed at exit")
 	fs.IntVar(&c.jsMaxInflight, "js-max-inflight", 256, "messages of one stored batch publish (/v1/js/publish) awaiting their stream's acknowledgement at once")
-	fs.IntVar(&c.maxTokens, "max-tokens", 20000, "distinct tokens with an open NATS connection at once (about 100 KiB of memory each)")
+	fs.IntVar(&c.maxTokens, "max-tokens", 20000, "distinct tokens with an open NATS connection at once (about 90 KiB of memory each)")
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", 2*time.Minute, "close a token's NATS connection after it is unused this long")
 	fs.DurationVar(&c.connectTimeout, "nats-connect-timeout", 5*time.Second, "bound on one NATS connection attempt")
 	fs.DurationVar(&c.confirmTimeout, "confirm-timeout", 5*time.Second, "bound on the round trip that confirms a publish, on a JetStream API call and on a stored publish's acknowledgement")
