@@ -103,8 +103,8 @@ func (ss *session) refresh(f *frame) {
 		_ = old.Settle(ctx)
 	}
 	for sid, sub := range moved {
-		ss.subs[sid].Close()
-		ss.subs[sid] = sub
+		ss.subs.get(sid).Close()
+		ss.subs.put(sid, sub)
 	}
 	use := ss.connUse
 	ss.use(c)
@@ -126,7 +126,8 @@ func (ss *session) refresh(f *frame) {
 // subject), none.
 func (ss *session) moveCore(ctx context.Context, c *bridge.Conn) (map[string]*bridge.Subscription, error) {
 	moved := make(map[string]*bridge.Subscription)
-	for sid, sub := range ss.subs {
+	for _, e := range ss.subs {
+		sid, sub := e.sid, e.sub
 		cs, ok := sub.(*bridge.Subscription)
 		if !ok {
 			continue
@@ -149,7 +150,8 @@ func (ss *session) moveCore(ctx context.Context, c *bridge.Conn) (map[string]*br
 // makes it again.
 func (ss *session) moveFeeds(ctx context.Context, c *bridge.Conn) {
 	s := ss.s
-	for sid, sub := range ss.subs {
+	for i := range ss.subs { // by index: each resumed feed takes its old one's place
+		sid, sub := ss.subs[i].sid, ss.subs[i].sub
 		feed, ok := sub.(*jsFeed)
 		if !ok {
 			continue
@@ -172,7 +174,7 @@ func (ss *session) moveFeeds(ctx context.Context, c *bridge.Conn) {
 			ss.tellEnded(sid, feed, err)
 			continue
 		}
-		ss.subs[sid] = nf
+		ss.subs[i].sub = nf
 		ss.runFeed(sid, nf)
 	}
 }
@@ -196,7 +198,8 @@ func (ss *session) recheck(c *bridge.Conn) {
 		return
 	default:
 	}
-	for sid, sub := range ss.subs {
+	for _, e := range ss.subs {
+		sid, sub := e.sid, e.sub
 		feed, ok := sub.(*jsFeed)
 		if !ok {
 			continue

@@ -250,8 +250,8 @@ type session struct {
 
 	out      *outbox
 	inflight atomic.Int32
-	subs     map[string]interface{ Close() } // core and JetStream subscriptions by sid; reader goroutine only
-	pingAt   atomic.Int64                    // unix ns of the next keep-alive ping; 0 while one is under way or before connect
+	subs     subTable     // core and JetStream subscriptions by sid; reader goroutine only
+	pingAt   atomic.Int64 // unix ns of the next keep-alive ping; 0 while one is under way or before connect
 }
 
 func newSession(s *Server, ws *websocket.Conn, netc *corkedConn, remote, reqID string) *session {
@@ -491,10 +491,10 @@ func (ss *session) reply(f *frame, err error, more ...byte) {
 // by themselves, their clients told, give theirs up first.
 func (ss *session) sidFree(f *frame) bool {
 	s := ss.s
-	if ended(ss.subs[f.Sid]) || len(ss.subs) >= s.cfg.WS.MaxSubscriptions {
-		for sid, sub := range ss.subs {
-			if ended(sub) {
-				ss.removeSub(sid)
+	if ended(ss.subs.get(f.Sid)) || len(ss.subs) >= s.cfg.WS.MaxSubscriptions {
+		for i := len(ss.subs) - 1; i >= 0; i-- { // backwards: a removal moves the last entry into i
+			if e := ss.subs[i]; ended(e.sub) {
+				ss.removeSub(e.sid)
 			}
 		}
 	}
@@ -502,7 +502,7 @@ func (ss *session) sidFree(f *frame) bool {
 	case f.Sid == "":
 		ss.reply(f, badRequest(`%s needs a "sid"`, f.Op))
 		return false
-	case ss.subs[f.Sid] != nil:
+	case ss.subs.get(f.Sid) != nil:
 		ss.reply(f, badRequest("sid %q is already subscribed", f.Sid))
 		return false
 	case len(ss.subs) >= s.cfg.WS.MaxSubscriptions:
@@ -541,11 +541,60 @@ func ended(sub interface{ Close() }) bool {
 }
 
 func (ss *session) addSub(sid string, sub interface{ Close() }) {
-	if ss.subs == nil {
-		ss.subs = make(map[string]interface{ Close() })
-	}
-	ss.subs[sid] = sub
+	ss.subs.put(sid, sub)
 	ss.s.metrics.subscriptions.Inc()
+}
+
+// subTable is a session's subscriptions by sid: a slice searched in
+// order, as a session holds few (at most --ws-max-subscriptions). An
+// entry costs 32 bytes, where a map costs 300 and more from its first,
+// which every idle subscribed session would carry.
+type subTable []subEntry
+
+type subEntry struct {
+	sid string
+	sub interface{ Close() }
+}
+
+// get is sid's subscription, or nil.
+func (t subTable) get(sid string) interface{ Close() } {
+	if i := t.index(sid); i >= 0 {
+		return t[i].sub
+	}
+	return nil
+}
+
+func (t subTable) index(sid string) int {
+	for i := range t {
+		if t[i].sid == sid {
+			return i
+		}
+	}
+	return -1
+}
+
+// put sets sid's subscription, in its place if sid has one.
+func (t *subTable) put(sid string, sub interface{ Close() }) {
+	if i := t.index(sid); i >= 0 {
+		(*t)[i].sub = sub
+		return
+	}
+	*t = append(*t, subEntry{sid, sub})
+}
+
+// remove forgets sid's subscription and returns it; the last entry takes
+// its place.
+func (t *subTable) remove(sid string) interface{ Close() } {
+	i := t.index(sid)
+	if i < 0 {
+		return nil
+	}
+	last := len(*t) - 1
+	sub := (*t)[i].sub
+	(*t)[i] = (*t)[last]
+	(*t)[last] = subEntry{}
+	*t = (*t)[:last]
+	return sub
 }
 
 // subStream starts a JetStream subscription: ok (with the seq it starts
@@ -605,7 +654,7 @@ func (ss *session) runFeed(sid string, feed *jsFeed) {
 }
 
 func (ss *session) unsub(f *frame) {
-	sub := ss.subs[f.Sid]
+	sub := ss.subs.get(f.Sid)
 	if sub == nil {
 		ss.reply(f, badRequest("no subscription with sid %q", f.Sid))
 		return
@@ -616,8 +665,7 @@ func (ss *session) unsub(f *frame) {
 
 // removeSub closes and forgets the subscription of sid.
 func (ss *session) removeSub(sid string) {
-	ss.subs[sid].Close()
-	delete(ss.subs, sid)
+	ss.subs.remove(sid).Close()
 	ss.s.metrics.subscriptions.Dec()
 }
 
@@ -836,8 +884,8 @@ func (ss *session) cleanup() {
 		ss.cancel()
 	}
 	ss.out.close()
-	for sid := range ss.subs {
-		ss.removeSub(sid)
+	for len(ss.subs) > 0 {
+		ss.removeSub(ss.subs[len(ss.subs)-1].sid)
 	}
 	ss.unwatch()
 	if ss.expiry != nil {
