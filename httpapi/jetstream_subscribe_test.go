@@ -306,29 +306,6 @@ func TestJetStreamSubscriptionsStartWhereAsked(t *testing.T) {
 	}
 }
 
-// An SSE JetStream subscription says where it starts, as an event id
-// before any event: an EventSource-like client that reconnects before
-// the first message sends it as Last-Event-ID and gets what was stored
-// meanwhile (with deliver=new it had nothing else to resume from).
-func TestSSEJetStreamSubscriptionSaysWhereItStarts(t *testing.T) {
-	t.Parallel()
-	g := startGateway(t, withJetStream)
-	js := g.jsAdmin()
-	mkStream(t, js, jetstream.StreamConfig{Name: "STARTS", Subjects: []string{"starts.>"}})
-	store(t, js, "starts.x", 1, 3, 0)
-	s := g.stream("/v1/subscribe/starts.>?deliver=new", adminToken, "")
-	if l := s.next(t, func(l string) bool { return strings.HasPrefix(l, "id:") || strings.HasPrefix(l, "data:") }); l != "id: 3" {
-		t.Fatalf("first id or data line %q, want id: 3", l)
-	}
-	if l := s.next(t, func(string) bool { return true }); l != "" {
-		t.Fatalf("after the id, %q: want the blank line that ends it, with no event", l)
-	}
-	s.close()
-	store(t, js, "starts.x", 4, 5, 0) // while the client is away
-	r := g.jsSub(t, "sse", adminToken, "starts.>", "deliver=new", nil, "Last-Event-ID", "3")
-	wantSeqs(t, r, "STARTS", 4, 5)
-}
-
 func TestLastEventIDResumesAndOverridesTheURL(t *testing.T) {
 	t.Parallel()
 	g := startGateway(t, withJetStream)

@@ -138,12 +138,6 @@ func (s *Server) handleSubscribe(format func(*http.Request) streamFormat) http.H
 			case err == nil:
 				defer feed.Close()
 				ended = make(chan notice, 1)
-				if after, ok := feed.sub.StartsAfter(); ok && f.name() == "sse" {
-					// Where it starts, as an event id without an event: a
-					// client reconnecting before the first message sends it
-					// as Last-Event-ID and misses nothing stored meanwhile.
-					box.pushCtrl(append(strconv.AppendUint([]byte("id: "), after, 10), "\n\n"...))
-				}
 				if g := feed.sub.Gap(); g != nil {
 					box.pushCtrl(f.appendNotice(nil, gapNotice(g)))
 				}
