@@ -201,7 +201,7 @@ func (s *Server) Shutdown() {
 		}
 		s.liveMu.Unlock()
 		for _, ss := range live {
-			go ss.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+			go ss.closeWS(websocket.StatusGoingAway, "gateway shutting down")
 		}
 	})
 }

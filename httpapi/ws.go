@@ -284,7 +284,7 @@ func (ss *session) run(c *bridge.Conn) {
 		}
 	}()
 	if !s.track(ss) {
-		ss.ws.Close(websocket.StatusGoingAway, "gateway shutting down")
+		ss.closeWS(websocket.StatusGoingAway, "gateway shutting down")
 		ss.cleanupConn(c)
 		return
 	}
@@ -293,7 +293,7 @@ func (ss *session) run(c *bridge.Conn) {
 		var reason string
 		if c, code, reason = ss.awaitConnect(); c == nil {
 			if code != 0 {
-				ss.ws.Close(code, truncateReason(reason))
+				ss.closeWS(code, truncateReason(reason))
 			}
 			ss.ws.CloseNow()
 			ss.end()
@@ -340,16 +340,16 @@ func (ss *session) serve() {
 			return
 		}
 		if typ != websocket.MessageText {
-			ss.ws.Close(closeMalformed, "text frames only")
+			ss.closeWS(closeMalformed, "text frames only")
 			return
 		}
 		f, err := parseFrame(data)
 		if err != nil {
-			ss.ws.Close(closeMalformed, truncateReason(err.Error()))
+			ss.closeWS(closeMalformed, truncateReason(err.Error()))
 			return
 		}
 		if code, reason := ss.handle(f); code != 0 {
-			ss.ws.Close(code, truncateReason(reason))
+			ss.closeWS(code, truncateReason(reason))
 			return
 		}
 		switch f.Op {
@@ -359,6 +359,16 @@ func (ss *session) serve() {
 			return
 		}
 	}
+}
+
+// closeWS closes the session with a close handshake, whose reading of
+// the client's close frame (coder/websocket does it on this goroutine
+// when the reader is not inside it) must not overlap awaitData's look at
+// the read buffer.
+func (ss *session) closeWS(code websocket.StatusCode, reason string) {
+	ss.netc.rmu.Lock()
+	defer ss.netc.rmu.Unlock()
+	ss.ws.Close(code, reason)
 }
 
 func (ss *session) panicked(p any) {
@@ -382,7 +392,7 @@ func (ss *session) end() {
 func (ss *session) awaitConnect() (*bridge.Conn, websocket.StatusCode, string) {
 	s := ss.s
 	timer := time.AfterFunc(s.cfg.WS.ConnectTimeout, func() {
-		ss.ws.Close(closeNoConnect, "no connect frame within "+s.cfg.WS.ConnectTimeout.String())
+		ss.closeWS(closeNoConnect, "no connect frame within "+s.cfg.WS.ConnectTimeout.String())
 	})
 	ss.ws.SetReadLimit(connectFrameLimit)
 	typ, data, err := ss.ws.Read(noDeadline)
@@ -639,7 +649,7 @@ func (ss *session) runFeed(sid string, feed *jsFeed) {
 		if errors.Is(err, errStalled) {
 			s.metrics.slowClosed.WithLabelValues("ws").Inc()
 			ss.out.close()
-			ss.ws.Close(websocket.StatusPolicyViolation, stalled)
+			ss.closeWS(websocket.StatusPolicyViolation, stalled)
 			return
 		}
 		if ss.live.Load() != c {
@@ -790,9 +800,9 @@ func (ss *session) endFor(c *bridge.Conn) {
 		if c.CloseReason() == bridge.ReasonTokenExpired {
 			reason = bridge.ReasonTokenExpired
 		}
-		ss.ws.Close(closeUnauthorized, reason)
+		ss.closeWS(closeUnauthorized, reason)
 	} else {
-		ss.ws.Close(websocket.StatusTryAgainLater, "NATS connection closed")
+		ss.closeWS(websocket.StatusTryAgainLater, "NATS connection closed")
 	}
 }
 
@@ -865,7 +875,7 @@ func (ss *session) writeLoop() {
 		if err == nil && b.behind > s.cfg.SlowConsumerGrace {
 			s.metrics.slowClosed.WithLabelValues("ws").Inc()
 			ss.out.close()
-			ss.ws.Close(websocket.StatusPolicyViolation, "slow consumer: stayed behind for "+b.behind.Round(time.Millisecond).String())
+			ss.closeWS(websocket.StatusPolicyViolation, "slow consumer: stayed behind for "+b.behind.Round(time.Millisecond).String())
 			return
 		}
 		if err != nil {

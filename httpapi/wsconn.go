@@ -80,6 +80,10 @@ type corkedConn struct {
 	raw   syscall.RawConn
 	ready func(fd uintptr) bool
 	peek  [1]byte
+	// rmu orders awaitData's look at the read buffer (and pending) with
+	// the reading a close handshake does on its caller's goroutine
+	// (session.closeWS holds it throughout).
+	rmu sync.Mutex
 
 	mu        sync.Mutex
 	corked    bool
@@ -109,13 +113,16 @@ func (c *corkedConn) freshDeadlineLocked() {
 // life here, and a goroutine parked deep inside coder/websocket's reader
 // keeps a 4 KiB stack where one parked here keeps 2. It reads nothing,
 // so the bytes stay for coder/websocket, which may also read them itself
-// (a close handshake); the connection's read lock keeps the two apart.
+// (a close handshake); the connection's read lock keeps the two reads
+// apart, and rmu the look at the buffer from the handshake's reading.
 // Reader goroutine only.
 func (c *corkedConn) awaitData() {
-	if c.ready == nil || len(c.pending) > 0 || c.br.Buffered() > 0 {
-		return
+	c.rmu.Lock()
+	idle := c.ready != nil && len(c.pending) == 0 && c.br.Buffered() == 0
+	c.rmu.Unlock()
+	if idle {
+		_ = c.raw.Read(c.ready)
 	}
-	_ = c.raw.Read(c.ready)
 }
 
 func (c *corkedConn) Read(p []byte) (int, error) {
