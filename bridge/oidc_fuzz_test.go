@@ -58,13 +58,20 @@ func FuzzParsePermissions(f *testing.F) {
 	})
 }
 
-// normalise makes empty and absent lists alike, as NATS treats them.
+// normalise makes empty and absent lists alike, as NATS treats them,
+// each on its own (an empty allow beside a deny is encoded as no allow).
 func normalise(p *Permissions) Permissions {
+	list := func(l []string) []string {
+		if len(l) == 0 {
+			return nil
+		}
+		return slices.Clip(l)
+	}
 	n := func(sp *SubjectPermission) *SubjectPermission {
 		if sp == nil || (len(sp.Allow) == 0 && len(sp.Deny) == 0) {
 			return nil
 		}
-		return &SubjectPermission{Allow: slices.Clip(sp.Allow), Deny: slices.Clip(sp.Deny)}
+		return &SubjectPermission{Allow: list(sp.Allow), Deny: list(sp.Deny)}
 	}
 	return Permissions{Publish: n(p.Publish), Subscribe: n(p.Subscribe)}
 }
