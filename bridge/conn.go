@@ -710,8 +710,6 @@ func (c *Conn) outcome(after uint64, err error, p sent) error {
 		return err
 	case after != p.rc:
 		return errLostInReconnect
-	case c.perms.seq() == p.seq: // no violation since it was sent
-		return nil
 	}
 	return c.perms.publishDenied(p.seq, p.subject, p.reply)
 }

@@ -117,6 +117,9 @@ func unknownViolation(v violation) error {
 
 // find returns the first violation after seq that match accepts.
 func (l *permissionLog) find(seq uint64, match func(violation) error) error {
+	if l.latest.Load() == seq { // none since seq: no lock, no walk
+		return nil
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.n-seq > violationRing {
