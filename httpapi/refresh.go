@@ -103,8 +103,9 @@ func (ss *session) refresh(f *frame) {
 		_ = old.Settle(ctx)
 	}
 	for sid, sub := range moved {
-		ss.subs.get(sid).Close()
-		ss.subs.put(sid, sub)
+		e := &ss.subs[ss.subs.index(sid)]
+		e.sub.Close()
+		e.sub = sub
 	}
 	use := ss.connUse
 	ss.use(c)

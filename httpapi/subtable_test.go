@@ -14,19 +14,19 @@ func TestSubTable(t *testing.T) {
 	subs := map[string]*closer{}
 	for _, sid := range []string{"a", "b", "c", "d"} {
 		subs[sid] = &closer{sid}
-		tab.put(sid, subs[sid])
+		tab.add(sid, subs[sid])
 	}
 	again := &closer{"b2"}
-	tab.put("b", again) // replaced in place
+	tab[tab.index("b")].sub = again // replaced in place, as a refresh does
 	subs["b"] = again
 	if len(tab) != 4 {
 		t.Fatalf("%d entries after a replacement, want 4", len(tab))
 	}
-	if got := tab.remove("a"); got != subs["a"] {
-		t.Fatalf("remove(a) = %v", got)
+	if got := tab.removeAt(tab.index("a")); got != subs["a"] {
+		t.Fatalf("removing a gave %v", got)
 	}
-	if got := tab.remove("a"); got != nil {
-		t.Fatalf("second remove(a) = %v, want nil", got)
+	if i := tab.index("a"); i != -1 {
+		t.Fatalf("a removed is at %d, want -1", i)
 	}
 	delete(subs, "a")
 	for sid, want := range subs {
@@ -38,8 +38,8 @@ func TestSubTable(t *testing.T) {
 		t.Fatal("a removed or unknown sid has a subscription")
 	}
 	for i := len(tab) - 1; i >= 0; i-- { // as sidFree and cleanup remove while they look
-		if e := tab[i]; e.sid != "c" {
-			tab.remove(e.sid)
+		if tab[i].sid != "c" {
+			tab.removeAt(i)
 		}
 	}
 	if len(tab) != 1 || tab.get("c") != subs["c"] {

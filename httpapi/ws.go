@@ -503,8 +503,8 @@ func (ss *session) sidFree(f *frame) bool {
 	s := ss.s
 	if ended(ss.subs.get(f.Sid)) || len(ss.subs) >= s.cfg.WS.MaxSubscriptions {
 		for i := len(ss.subs) - 1; i >= 0; i-- { // backwards: a removal moves the last entry into i
-			if e := ss.subs[i]; ended(e.sub) {
-				ss.removeSub(e.sid)
+			if ended(ss.subs[i].sub) {
+				ss.removeSub(i)
 			}
 		}
 	}
@@ -551,7 +551,7 @@ func ended(sub interface{ Close() }) bool {
 }
 
 func (ss *session) addSub(sid string, sub interface{ Close() }) {
-	ss.subs.put(sid, sub)
+	ss.subs.add(sid, sub)
 	ss.s.metrics.subscriptions.Inc()
 }
 
@@ -574,6 +574,7 @@ func (t subTable) get(sid string) interface{ Close() } {
 	return nil
 }
 
+// index is sid's place, or -1.
 func (t subTable) index(sid string) int {
 	for i := range t {
 		if t[i].sid == sid {
@@ -583,22 +584,14 @@ func (t subTable) index(sid string) int {
 	return -1
 }
 
-// put sets sid's subscription, in its place if sid has one.
-func (t *subTable) put(sid string, sub interface{ Close() }) {
-	if i := t.index(sid); i >= 0 {
-		(*t)[i].sub = sub
-		return
-	}
+// add appends sid's subscription; sid has none (sidFree).
+func (t *subTable) add(sid string, sub interface{ Close() }) {
 	*t = append(*t, subEntry{sid, sub})
 }
 
-// remove forgets sid's subscription and returns it; the last entry takes
-// its place.
-func (t *subTable) remove(sid string) interface{ Close() } {
-	i := t.index(sid)
-	if i < 0 {
-		return nil
-	}
+// removeAt forgets the subscription at i and returns it; the last entry
+// takes its place.
+func (t *subTable) removeAt(i int) interface{ Close() } {
 	last := len(*t) - 1
 	sub := (*t)[i].sub
 	(*t)[i] = (*t)[last]
@@ -664,18 +657,18 @@ func (ss *session) runFeed(sid string, feed *jsFeed) {
 }
 
 func (ss *session) unsub(f *frame) {
-	sub := ss.subs.get(f.Sid)
-	if sub == nil {
+	i := ss.subs.index(f.Sid)
+	if i < 0 {
 		ss.reply(f, badRequest("no subscription with sid %q", f.Sid))
 		return
 	}
-	ss.removeSub(f.Sid)
+	ss.removeSub(i)
 	ss.reply(f, nil)
 }
 
-// removeSub closes and forgets the subscription of sid.
-func (ss *session) removeSub(sid string) {
-	ss.subs.remove(sid).Close()
+// removeSub closes and forgets the subscription at i in ss.subs.
+func (ss *session) removeSub(i int) {
+	ss.subs.removeAt(i).Close()
 	ss.s.metrics.subscriptions.Dec()
 }
 
@@ -895,7 +888,7 @@ func (ss *session) cleanup() {
 	}
 	ss.out.close()
 	for len(ss.subs) > 0 {
-		ss.removeSub(ss.subs[len(ss.subs)-1].sid)
+		ss.removeSub(len(ss.subs) - 1)
 	}
 	ss.unwatch()
 	if ss.expiry != nil {
