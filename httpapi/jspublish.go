@@ -117,8 +117,8 @@ type storedResult struct {
 // same results, failed entries carrying status and detail.
 func (s *Server) handleJSPublishBatch() http.HandlerFunc {
 	return apiHandler(func(w http.ResponseWriter, r *http.Request) error {
-		var sc entryScanner
-		b, err := s.openBatch(w, r, new(batchMem), sc.parseStoredEntry)
+		mem := new(batchMem)
+		b, err := s.openBatch(w, r, mem, mem.sc.parseStoredEntry)
 		if err != nil {
 			return err
 		}
