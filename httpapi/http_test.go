@@ -278,15 +278,23 @@ func (s *sseStream) close() { s.resp.Body.Close() }
 // next returns the next line for which keep(line) is true.
 func (s *sseStream) next(t testing.TB, keep func(string) bool) string {
 	t.Helper()
+	l, ok := s.nextOrEnd(t, keep)
+	if !ok {
+		t.Fatal("stream ended")
+	}
+	return l
+}
+
+// nextOrEnd returns the next line for which keep(line) is true, or false
+// when the stream ends first.
+func (s *sseStream) nextOrEnd(t testing.TB, keep func(string) bool) (string, bool) {
+	t.Helper()
 	timeout := time.After(5 * time.Second)
 	for {
 		select {
 		case l, ok := <-s.lines:
-			if !ok {
-				t.Fatal("stream ended")
-			}
-			if keep(l) {
-				return l
+			if !ok || keep(l) {
+				return l, ok
 			}
 		case <-timeout:
 			t.Fatal("no line within 5s")

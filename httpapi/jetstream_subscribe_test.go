@@ -912,19 +912,8 @@ func TestJetStreamStalledClientIsClosedAndResumes(t *testing.T) {
 // streamEnds waits for an HTTP stream to end.
 func streamEnds(t testing.TB, s *sseStream) {
 	t.Helper()
-	timeout := time.After(5 * time.Second)
-	for {
-		select {
-		case l, ok := <-s.lines:
-			if !ok {
-				return
-			}
-			if l != "" && l != ": keep-alive" {
-				t.Fatalf("line %q after the stream's last notice", l)
-			}
-		case <-timeout:
-			t.Fatal("the stream did not end")
-		}
+	if l, ok := s.nextOrEnd(t, func(l string) bool { return l != "" && l != ": keep-alive" }); ok {
+		t.Fatalf("line %q after the stream's last notice", l)
 	}
 }
 
